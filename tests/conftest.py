@@ -6,7 +6,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import pytest  # noqa: E402
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("GHOSTFACENETS_SHARED", REPO_ROOT.parent / "shared"))
@@ -16,5 +16,6 @@ SHARED_DIR = Path(os.environ.get("GHOSTFACENETS_SHARED", REPO_ROOT.parent / "sha
 def shared_dir():
     """The project's shared/ folder (reference files made with the original code); skip when it is absent."""
     if not SHARED_DIR.is_dir():
-        pytest.skip(f"shared reference folder not found at {SHARED_DIR} (set GHOSTFACENETS_SHARED); a user's clone has none")
+        pytest.skip(f"shared reference folder not found at {SHARED_DIR} (set GHOSTFACENETS_SHARED); "
+                    "a user's clone has none")
     return SHARED_DIR
