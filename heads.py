@@ -1,0 +1,251 @@
+"""Output heads for margin-based face recognition: cosine logits between embeddings and class centres.
+
+`NormDense` is the layer every margin loss in `losses.py` expects after the embedding: it returns the cosine of
+the angle between the L2-normalised embedding and each L2-normalised class centre, so its output lies in [-1, 1].
+Options reproduce the original Keras_insightface head:
+
+- `loss_top_k=K` (sub-center ArcFace): K centres per class, column `c*K + j` of the kernel is sub-centre `j` of class
+  `c`, and the logit of a class is the best of its K cosines (`data_drop_top_k` relies on that column layout);
+- `append_norm=True` (MagFace, AdaFace): one more column holding `-||x||`, the negated embedding norm (negated so it
+  never wins the arg-max of an accuracy metric);
+- `partial_fc_split=N`: N kernels of `units` classes each, used one after the other on successive training batches,
+  in step with the partial-FC dataset that alternates batches between class groups.
+
+`NormDenseVPL` adds Variational Prototype Learning: recent normalised embeddings of a class are mixed into its
+centre; `VPLUpdateQueue` is the callback that files each batch's embeddings under their labels.
+
+Heads compute in float32 whatever the global dtype policy (pass `dtype=` to override).
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+NORMALIZE_EPSILON = 1e-5
+
+
+def l2_normalize(x, axis, epsilon=NORMALIZE_EPSILON):
+    """`x / sqrt(max(sum(x**2, axis), epsilon))`: unit L2 norm along `axis` (same rule as `tf.nn.l2_normalize`)."""
+    square_sum = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x * ops.rsqrt(ops.maximum(square_sum, epsilon))
+
+
+@keras.saving.register_keras_serializable(package="keras_insightface")
+class NormDense(keras.layers.Layer):
+    """Cosine-logit head: `normalize(x) @ normalize(W)`, shape (batch, units) (+1 column with `append_norm`).
+
+    Args:
+        units: number of classes (per shard when `partial_fc_split > 1`).
+        kernel_regularizer: regulariser for the kernel (the original applies L2 of half the backbone weight decay).
+        loss_top_k: sub-centres per class; the kernel has `units * loss_top_k` columns and each class logit is
+            the maximum over its `loss_top_k` columns `c*k .. c*k + k - 1`.
+        append_norm: append `-||x||` (the embedding norm, negated) as a last column, for MagFace / AdaFace.
+        partial_fc_split: when > 1, hold `partial_fc_split` kernels of shape (emb, units*k) in
+            `norm_dense_w_subs`; training call `i` uses kernel `i % partial_fc_split`.
+        **kwargs: Layer arguments (`name`, `dtype`...). The dtype defaults to float32 even under a
+            mixed-precision policy, as the original's training head does.
+
+    Weights: `norm_dense_w` (emb, units*k), or `norm_dense_w_subs` (split, emb, units*k) and the int64 shard
+    counter `cur_id`, which advances once per call with `training=True`.
+    """
+
+    def __init__(self, units=1000, kernel_regularizer=None, loss_top_k=1, append_norm=False, partial_fc_split=0,
+                 **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if int(units) < 1 or int(loss_top_k) < 1 or int(partial_fc_split) < 0:
+            raise ValueError(
+                f"NormDense needs units >= 1, loss_top_k >= 1 and partial_fc_split >= 0; got units={units}, "
+                f"loss_top_k={loss_top_k}, partial_fc_split={partial_fc_split}"
+            )
+        self.units, self.loss_top_k = int(units), int(loss_top_k)
+        self.append_norm, self.partial_fc_split = bool(append_norm), int(partial_fc_split)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.kernel_initializer = keras.initializers.GlorotNormal()
+        self.supports_masking = False
+
+    @property
+    def uses_partial_fc(self):
+        """True when the head cycles through `partial_fc_split` kernel shards."""
+        return self.partial_fc_split > 1
+
+    def build(self, input_shape):
+        kernel_shape = (input_shape[-1], self.units * self.loss_top_k)
+        if self.uses_partial_fc:
+            self.cur_id = self.add_weight(
+                name="cur_id", shape=(), initializer="zeros", dtype="int64", trainable=False,
+                aggregation="only_first_replica",
+            )
+            self.sub_weights = self.add_weight(
+                name="norm_dense_w_subs", shape=(self.partial_fc_split, *kernel_shape),
+                initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
+            )
+        else:
+            self.w = self.add_weight(
+                name="norm_dense_w", shape=kernel_shape, initializer=self.kernel_initializer,
+                regularizer=self.kernel_regularizer,
+            )
+
+    def kernel_for_call(self, training=None):
+        """The (emb, units*k) kernel to use now; with partial FC, the current shard, then advance the counter."""
+        if not self.uses_partial_fc:
+            return self.w
+        kernel = ops.take(self.sub_weights, self.cur_id, axis=0)
+        if training:
+            self.cur_id.assign((self.cur_id + 1) % self.partial_fc_split)
+        return kernel
+
+    def cosine_to_output(self, cosine, inputs):
+        """Reduce (batch, units*k) cosines to per-class logits and append `-||inputs||` when asked."""
+        if self.loss_top_k > 1:
+            cosine = ops.max(ops.reshape(cosine, (-1, self.units, self.loss_top_k)), axis=-1)
+        if self.append_norm:
+            feature_norm = ops.sqrt(ops.sum(ops.square(inputs), axis=-1, keepdims=True))
+            cosine = ops.concatenate([cosine, -feature_norm], axis=-1)
+        return cosine
+
+    def call(self, inputs, training=None):
+        inputs = ops.cast(inputs, self.compute_dtype)
+        kernel = ops.cast(self.kernel_for_call(training), self.compute_dtype)
+        cosine = ops.matmul(l2_normalize(inputs, axis=1), l2_normalize(kernel, axis=0))
+        return self.cosine_to_output(cosine, inputs)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units + int(self.append_norm))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "loss_top_k": self.loss_top_k,
+                "append_norm": self.append_norm,
+                "partial_fc_split": self.partial_fc_split,
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_insightface")
+class NormDenseVPL(NormDense):
+    """`NormDense` with Variational Prototype Learning (Deng et al., CVPR 2021).
+
+    Each training call, class `c`'s centre becomes `normalize((1-λ_c)·normalize(w_c) + λ_c·q_c)`, where `q_c` is the
+    latest normalised embedding seen for class `c` (filed by the `VPLUpdateQueue` callback) and
+    `λ_c = vpl_lambda` when `iters > start_iters` and `q_c` is at most `allowed_delta` iterations old, else 0.
+
+    Args:
+        batch_size: per-replica batch size; the last batch's normalised inputs are kept in `norm_features`
+            of shape (batch_size, emb), so batches must all have this size (drop the remainder).
+        units, kernel_regularizer: as for `NormDense` (`loss_top_k`, `append_norm`, `partial_fc_split` and layer
+            arguments go through `**kwargs`; with `loss_top_k > 1` the queued embedding is mixed into every
+            sub-centre of its class).
+        vpl_lambda: the mixing weight λ.
+        start_iters: training iterations before the queue is used.
+        allowed_delta: how many iterations a queued embedding stays usable.
+
+    State (non-trainable): `norm_features`, `queue_features` (units, emb), `queue_iters` (units,) int64, `iters`
+    int64, and `vpl_sample_ratio`, the fraction of classes that used their queue in the last call (what the
+    original printed every step).
+    """
+
+    def __init__(self, batch_size, units=1000, kernel_regularizer=None, vpl_lambda=0.15, start_iters=8000,
+                 allowed_delta=200, **kwargs):
+        super().__init__(units, kernel_regularizer, **kwargs)
+        self.batch_size, self.vpl_lambda = int(batch_size), float(vpl_lambda)
+        self.start_iters, self.allowed_delta = int(start_iters), int(allowed_delta)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        emb_shape = input_shape[-1]
+
+        def state(name, shape, dtype="float32", initializer="zeros"):
+            return self.add_weight(name=name, shape=shape, dtype=dtype, initializer=initializer, trainable=False,
+                                   aggregation="only_first_replica")
+
+        self.norm_features = state("norm_features", (self.batch_size, emb_shape))
+        self.queue_features = state("queue_features", (self.units, emb_shape), initializer=self.kernel_initializer)
+        self.queue_iters = state("queue_iters", (self.units,), dtype="int64")
+        self.iters = state("iters", (), dtype="int64")
+        self.vpl_sample_ratio = state("vpl_sample_ratio", ())
+
+    def queue_lambda(self):
+        """Per-class mixing weight λ_c, shape (units,), from the current iteration count and queue ages."""
+        fresh = ops.logical_and(self.iters > self.start_iters, self.iters - self.queue_iters <= self.allowed_delta)
+        return ops.where(fresh, self.vpl_lambda, 0.0)
+
+    def call(self, inputs, training=None):
+        inputs = ops.cast(inputs, self.compute_dtype)
+        if training:
+            self.iters.assign_add(1)
+        queue_lambda = self.queue_lambda()
+        norm_inputs = l2_normalize(inputs, axis=1)
+        if training:
+            self.vpl_sample_ratio.assign(ops.mean(ops.cast(queue_lambda > 0, "float32")))
+            self.norm_features.assign(norm_inputs)
+
+        norm_kernel = l2_normalize(ops.cast(self.kernel_for_call(training), self.compute_dtype), axis=0)
+        column_lambda = ops.repeat(queue_lambda, self.loss_top_k, axis=0)  # column c*k + j belongs to class c
+        column_queue = ops.repeat(ops.transpose(self.queue_features), self.loss_top_k, axis=1)
+        injected_kernel = l2_normalize(norm_kernel * (1 - column_lambda) + column_queue * column_lambda, axis=0)
+        return self.cosine_to_output(ops.matmul(norm_inputs, injected_kernel), inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "batch_size": self.batch_size,
+                "vpl_lambda": self.vpl_lambda,
+                "start_iters": self.start_iters,
+                "allowed_delta": self.allowed_delta,
+            }
+        )
+        return config
+
+
+def flatten_losses(loss):
+    """The loss objects of `model.loss`, which may be one loss, a list or a dict."""
+    if isinstance(loss, dict):
+        return list(loss.values())
+    if isinstance(loss, (list, tuple)):
+        return list(loss)
+    return [loss]
+
+
+class VPLUpdateQueue(keras.callbacks.Callback):
+    """After each training batch, file `NormDenseVPL.norm_features` into `queue_features` at the batch's labels.
+
+    The labels come from the margin loss, which keeps them in `batch_labels_back_up` once its `build(batch_size)`
+    has been called. The loss is found among all of `model.loss` (the original assumed it was the first one).
+
+    Args:
+        vpl_layer: the `NormDenseVPL` layer; found in the model when None.
+        loss: the loss holding `batch_labels_back_up`; found in `model.loss` when None.
+    """
+
+    def __init__(self, vpl_layer=None, loss=None):
+        super().__init__()
+        self.vpl_layer, self.loss = vpl_layer, loss
+
+    def on_train_begin(self, logs=None):
+        if self.vpl_layer is None:
+            found = [layer for layer in self.model._flatten_layers() if isinstance(layer, NormDenseVPL)]
+            if not found:
+                raise ValueError("VPLUpdateQueue: the model has no NormDenseVPL layer")
+            self.vpl_layer = found[0]
+        if self.loss is None:
+            losses = flatten_losses(self.model.loss)
+            found = [ii for ii in losses if getattr(ii, "batch_labels_back_up", None) is not None]
+            if not found:
+                raise ValueError(
+                    "VPLUpdateQueue: no loss in model.loss keeps its labels; call loss.build(batch_size) before compile"
+                )
+            self.loss = found[0]
+
+    def on_train_batch_end(self, batch, logs=None):
+        layer = self.vpl_layer
+        labels = tf.expand_dims(self.loss.batch_labels_back_up.value, 1)
+        layer.queue_features.value.scatter_nd_update(labels, layer.norm_features.value)
+        stamps = tf.fill(tf.shape(labels)[:1], layer.iters.value)
+        layer.queue_iters.value.scatter_nd_update(labels, stamps)
