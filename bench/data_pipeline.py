@@ -1,0 +1,80 @@
+"""Benchmark: `data.prepare_dataset` images/s against raw `tf.io.decode_jpeg` on the same files, in the same run.
+
+    python bench/data_pipeline.py [--data DIR] [--batch_size 128] [--images 6000] [--random_status 0 2 100]
+
+Without `--data`, a synthetic folder (112x112 JPEGs) is generated in a temporary directory first. The baseline
+reads and decodes every file with `tf.io.read_file` + `tf.io.decode_jpeg` in a parallel `map`, batched and
+prefetched. The pipeline adds shuffling, the unreadable-image check, augmentation, normalisation and one-hot
+labels. Each is run for `--images` images after one warm-up batch, and the ratio pipeline / raw is printed.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf
+
+import data
+
+
+def images_per_second(ds, batch_size, images):
+    """Iterate `ds` for `images // batch_size` batches after one warm-up batch; return images per second."""
+    iterator = iter(ds)
+    next(iterator)
+    steps = images // batch_size
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def raw_decode_dataset(paths, batch_size):
+    """The baseline: read + decode_jpeg every file, parallel map, batch, prefetch, repeated."""
+    ds = tf.data.Dataset.from_tensor_slices(paths).repeat()
+    ds = ds.map(lambda path: tf.io.decode_jpeg(tf.io.read_file(path), channels=3), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="class-per-folder dataset (default: a generated synthetic one)")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--images", type=int, default=6000, help="images timed per measurement")
+    parser.add_argument("--random_status", type=int, nargs="*", default=[0])
+    parser.add_argument("--rounds", type=int, default=2, help="alternate raw / pipeline this many times, keep the best")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as workdir:
+        data_path = args.data
+        if data_path is None:
+            from synthetic_faces import render_identities
+
+            data_path = os.path.join(workdir, "faces")
+            render_identities(0, range(100), 30, 0.5, data_path, desc="generate benchmark images")
+        paths, _, _, _, _ = data.pre_process_folder(data_path, cache_dir=workdir)
+        print(f">>>> {len(paths)} images in {data_path}, batch {args.batch_size}, {os.cpu_count()} CPU cores")
+        raw_best = {}
+        pipe_best = {}
+        for _ in range(args.rounds):
+            raw = images_per_second(raw_decode_dataset(paths, args.batch_size), args.batch_size, args.images)
+            raw_best["raw"] = max(raw_best.get("raw", 0), raw)
+            for level in args.random_status:
+                ds, _ = data.prepare_dataset(
+                    data_path, batch_size=args.batch_size, random_status=level, cache_dir=workdir
+                )
+                pipe_best[level] = max(pipe_best.get(level, 0), images_per_second(ds, args.batch_size, args.images))
+        print(f"raw tf.io.decode_jpeg: {raw_best['raw']:.0f} img/s")
+        for level, rate in pipe_best.items():
+            print(
+                f"prepare_dataset random_status={level}: {rate:.0f} img/s, "
+                f"ratio to raw decode {rate / raw_best['raw']:.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""MXNet RecordIO (`.rec` + `.idx`) read and write in plain Python, without mxnet.
+
+Byte layout (the one mxnet's own `MXIndexedRecordIO` writes):
+
+- `.idx` is text, one line per record: `key<TAB>offset`, the byte offset of the record's first part in `.rec`.
+- `.rec` is a sequence of parts. A part is `uint32 magic 0xCED7230A`, `uint32 lrec` (little-endian), then `length`
+  payload bytes and zero padding up to a multiple of 4. `cflag = lrec >> 29`, `length = lrec & (2**29 - 1)`;
+  cflag 0 is a whole record, 1 the first part, 2 a middle part, 3 the last part. The writer cuts a record wherever
+  the magic word appears 4-byte aligned inside its payload and drops the word there, so a reader puts it back
+  between the parts.
+- A record payload used for images starts with the header `struct <IfQQ` (24 bytes): `flag`, `label` (float32),
+  `id`, `id2`. When `flag > 0`, `flag` float32 labels follow the header (and `label` is unused). The image bytes
+  come last.
+"""
+
+import os
+import struct
+from typing import NamedTuple
+
+import numpy as np
+
+MAGIC = 0xCED7230A
+MAGIC_BYTES = struct.pack("<I", MAGIC)
+LENGTH_MASK = (1 << 29) - 1
+HEADER_FORMAT = "<IfQQ"
+HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
+
+WHOLE, FIRST, MIDDLE, LAST = 0, 1, 2, 3
+
+
+class RecordIOError(ValueError):
+    """A `.rec` / `.idx` file that does not follow the RecordIO layout; the message names the file and the place."""
+
+
+class IRHeader(NamedTuple):
+    """The image-record header: `label` is a float (flag 0) or a float32 array of `flag` labels."""
+
+    flag: int
+    label: float | np.ndarray
+    id: int
+    id2: int
+
+
+def _padded(length):
+    """Number of bytes a payload of `length` bytes occupies in the file (rounded up to a multiple of 4)."""
+    return (length + 3) & ~3
+
+
+def read_idx(idx_path):
+    """Read an `.idx` file into a dict `{key: byte offset}` (both ints), keeping the file's order."""
+    index = {}
+    with open(idx_path, encoding="ascii") as file:
+        for line_number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) != 2 or not (fields[0].isdigit() and fields[1].isdigit()):
+                raise RecordIOError(f"{idx_path}: line {line_number} is not 'key<TAB>offset': {line.rstrip()!r}")
+            index[int(fields[0])] = int(fields[1])
+    return index
+
+
+def read_record_at(file, offset, rec_path="<rec>"):
+    """Read the record whose first part starts at byte `offset` of the open binary `file`.
+
+    Returns `(payload bytes, offset just after the record)`. Raises `RecordIOError` naming `rec_path` and the
+    offset for a wrong magic word, an unexpected part flag or a record cut short by the end of the file.
+    """
+    parts = []
+    position = offset
+    while True:
+        file.seek(position)
+        head = file.read(8)
+        if len(head) < 8:
+            raise RecordIOError(f"{rec_path}: truncated record at offset {offset} (file ends inside a part header)")
+        magic, lrec = struct.unpack("<II", head)
+        if magic != MAGIC:
+            raise RecordIOError(
+                f"{rec_path}: no RecordIO magic word at offset {position} (found 0x{magic:08x}); "
+                "the .idx offsets do not match this .rec file or the file is damaged"
+            )
+        cflag, length = lrec >> 29, lrec & LENGTH_MASK
+        expected = (WHOLE, FIRST) if not parts else (MIDDLE, LAST)
+        if cflag not in expected:
+            raise RecordIOError(f"{rec_path}: part flag {cflag} at offset {position} where {expected} was expected")
+        data = file.read(length)
+        if len(data) < length:
+            raise RecordIOError(
+                f"{rec_path}: truncated record at offset {offset} (needs {length} bytes, {len(data)} left)"
+            )
+        parts.append(data)
+        position += 8 + _padded(length)
+        if cflag in (WHOLE, LAST):
+            return MAGIC_BYTES.join(parts), position
+
+
+class RecordIOReader:
+    """Random access to the records of `rec_path` through its `.idx` (default: same stem, `.idx` suffix).
+
+    Without an index file the records are found by reading the `.rec` sequentially (keys 0, 1, 2, ...).
+    Use as a context manager, or call `close()`.
+    """
+
+    def __init__(self, rec_path, idx_path=None):
+        self.rec_path = str(rec_path)
+        self.idx_path = str(idx_path) if idx_path else os.path.splitext(self.rec_path)[0] + ".idx"
+        if not os.path.isfile(self.rec_path):
+            raise FileNotFoundError(f"RecordIO file not found: {self.rec_path}")
+        self.file = open(self.rec_path, "rb")  # noqa: SIM115 (closed by close() / __exit__)
+        self.size = os.path.getsize(self.rec_path)
+        self.index = read_idx(self.idx_path) if os.path.isfile(self.idx_path) else self._scan_offsets()
+        for key, offset in self.index.items():
+            if offset >= self.size:
+                self.close()
+                raise RecordIOError(
+                    f"{self.idx_path}: key {key} points to offset {offset}, beyond the end of {self.rec_path} "
+                    f"({self.size} bytes); the .idx and .rec files do not belong together or the .rec is truncated"
+                )
+
+    def _scan_offsets(self):
+        """Walk the whole `.rec` once and number its records 0, 1, 2, ... (used when there is no `.idx`)."""
+        offsets, position = {}, 0
+        while position < self.size:
+            offsets[len(offsets)] = position
+            _, position = read_record_at(self.file, position, self.rec_path)
+        return offsets
+
+    @property
+    def keys(self):
+        """The record keys in file order."""
+        return list(self.index)
+
+    def read(self, key):
+        """The payload bytes of record `key`."""
+        if key not in self.index:
+            raise KeyError(f"{self.idx_path}: no record with key {key}")
+        payload, _ = read_record_at(self.file, self.index[key], self.rec_path)
+        return payload
+
+    def read_image_record(self, key):
+        """Record `key` split into `(IRHeader, image bytes)`."""
+        return unpack(self.read(key), f"{self.rec_path} key {key}")
+
+    def close(self):
+        """Close the `.rec` file."""
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def unpack(payload, source="record"):
+    """Split an image-record payload into `(IRHeader, remaining bytes)`; `flag > 0` labels become a float32 array."""
+    if len(payload) < HEADER_SIZE:
+        raise RecordIOError(f"{source}: payload of {len(payload)} bytes is shorter than the {HEADER_SIZE}-byte header")
+    flag, label, id1, id2 = struct.unpack(HEADER_FORMAT, payload[:HEADER_SIZE])
+    body = payload[HEADER_SIZE:]
+    if flag > 0:
+        if len(body) < 4 * flag:
+            raise RecordIOError(f"{source}: header announces {flag} labels but the payload is too short")
+        label = np.frombuffer(body[: 4 * flag], dtype="<f4").copy()
+        body = body[4 * flag :]
+    return IRHeader(flag, label, id1, id2), body
+
+
+def pack(header, image_bytes):
+    """Build an image-record payload from an `IRHeader` (array label → multi-label header) and the image bytes."""
+    label = np.asarray(header.label, dtype="<f4")
+    if label.ndim == 0:
+        return struct.pack(HEADER_FORMAT, 0, float(label), header.id, header.id2) + image_bytes
+    flat = label.ravel()
+    return struct.pack(HEADER_FORMAT, flat.size, 0.0, header.id, header.id2) + flat.tobytes() + image_bytes
+
+
+def encode_record(payload):
+    """The bytes one record occupies in a `.rec` file, split into parts at every aligned magic word."""
+    pieces, start = [], 0
+    for position in range(0, len(payload) - 3, 4):
+        if payload[position : position + 4] == MAGIC_BYTES:
+            pieces.append(payload[start:position])
+            start = position + 4
+    pieces.append(payload[start:])
+    flags = [WHOLE] if len(pieces) == 1 else [FIRST] + [MIDDLE] * (len(pieces) - 2) + [LAST]
+    encoded = bytearray()
+    for flag, piece in zip(flags, pieces, strict=True):
+        encoded += struct.pack("<II", MAGIC, (flag << 29) | len(piece)) + piece
+        encoded += b"\0" * (_padded(len(piece)) - len(piece))
+    return bytes(encoded)
+
+
+def write_indexed_recordio(rec_path, idx_path, records):
+    """Write `records` (an iterable of `(key, payload bytes)`) to a `.rec` file and its `.idx` text index."""
+    with open(rec_path, "wb") as rec_file, open(idx_path, "w", encoding="ascii") as idx_file:
+        for key, payload in records:
+            idx_file.write(f"{key}\t{rec_file.tell()}\n")
+            rec_file.write(encode_record(payload))

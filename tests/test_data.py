@@ -1,0 +1,237 @@
+"""Folder datasets on tf.data: round trip, scan cache, bad input, augmentation levels, mixup, triplet, partial FC,
+TFRecord and distillation sources. Every image encodes its class in its pixel values, so labels can be checked."""
+
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import data
+
+CLASS_NAMES = ["0", "1", "2", "10"]  # natural order: 0, 1, 2, 10 (a string sort would put "10" second)
+IMAGES_PER_CLASS = 6
+MASK_VALUE = (128 - 127.5) * 0.0078125
+
+
+def class_value(index):
+    return 30 + 50 * index
+
+
+def make_image(index):
+    """112x112 RGB: left half at the class value, right half 10 brighter (so a mirror is detectable)."""
+    image = np.full((112, 112, 3), class_value(index), np.uint8)
+    image[:, 56:] += 10
+    return image
+
+
+def normalised(value):
+    return (value - 127.5) * 0.0078125
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces") / "folders"
+    for index, name in enumerate(CLASS_NAMES):
+        os.makedirs(root / name)
+        for k in range(IMAGES_PER_CLASS):
+            extension = ".bmp" if k == 0 else ".png"
+            cv2.imwrite(str(root / name / f"{k}{extension}"), cv2.cvtColor(make_image(index), cv2.COLOR_RGB2BGR))
+    return root
+
+
+def class_of(image):
+    """Class index from a normalised image (left-half value)."""
+    value = image[0, 0, 0] / 0.0078125 + 127.5
+    return int(np.argmin([abs(value - class_value(i)) for i in range(len(CLASS_NAMES))]))
+
+
+def take(ds, batches):
+    return [(x.numpy(), y) for x, y in ds.take(batches)]
+
+
+def test_folder_round_trip(dataset_dir, tmp_path):
+    ds, steps = data.prepare_dataset(dataset_dir, batch_size=8, is_train=False, cache_dir=tmp_path)
+    assert steps == 3
+    seen = 0
+    for images, labels in take(ds, 3):
+        assert images.shape == (8, 112, 112, 3) and images.dtype == np.float32
+        assert labels.shape == (8, 4)
+        for image, label in zip(images, labels.numpy(), strict=True):
+            index = class_of(image)
+            assert np.array_equal(label, np.eye(4)[index])
+            assert np.allclose(image[:, :56], normalised(class_value(index)))
+            assert np.allclose(image[:, 56:], normalised(class_value(index) + 10))
+            seen += 1
+    assert seen == 24
+    _, sparse = next(
+        iter(data.prepare_dataset(dataset_dir, batch_size=8, is_train=False, cache_dir=tmp_path, sparse_label=True)[0])
+    )
+    assert sparse.dtype == tf.int32 and sparse.shape == (8,)
+
+
+def test_scan_order_cache_and_invalidation(dataset_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset_dir, copy)
+    names, classes, _, count, cache_path = data.pre_process_folder(copy, cache_dir=tmp_path / "cache")
+    assert count == 4 and os.path.dirname(cache_path) == str(tmp_path / "cache")
+    assert [os.path.basename(os.path.dirname(n)) for n in names[classes == 3]] == ["10"] * 6
+    assert data.sort_class_names(CLASS_NAMES, "sorted") == ["0", "1", "10", "2"]
+    mtime = os.path.getmtime(cache_path)
+    assert len(data.pre_process_folder(copy, cache_dir=tmp_path / "cache")[0]) == 24
+    assert os.path.getmtime(cache_path) == mtime  # served from the cache
+    cv2.imwrite(str(copy / "2" / "new.png"), make_image(2))
+    os.makedirs(copy / "3")
+    cv2.imwrite(str(copy / "3" / "a.jpeg"), make_image(0))
+    names, classes, _, count, _ = data.pre_process_folder(copy, cache_dir=tmp_path / "cache")
+    assert len(names) == 26 and count == 5 and int(classes[names.tolist().index(str(copy / "10" / "0.bmp"))]) == 4
+
+
+def test_bad_folders_get_clear_messages(dataset_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset_dir, copy)
+    (copy / "1" / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match=r"1 non-image file.*notes\.txt"):
+        data.scan_folder(copy)
+    os.makedirs(copy / "empty_person")
+    with pytest.raises(ValueError, match=r"empty_person holds no image files"):
+        data.scan_folder(copy)
+
+
+def test_unreadable_images_are_skipped_counted_and_named(dataset_dir, tmp_path, capfd):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset_dir, copy)
+    _, encoded = cv2.imencode(".jpg", make_image(1))
+    (copy / "1" / "truncated.jpg").write_bytes(encoded.tobytes()[:300])
+    (copy / "2" / "fake.png").write_bytes(b"this is text, not a PNG")
+    before = data.skipped_image_count()
+    ds, _ = data.prepare_dataset(copy, batch_size=12, is_train=False, cache_dir=tmp_path)
+    assert sum(images.shape[0] for images, _ in ds) == 24  # one pass over 26 files: 24 readable
+    assert data.skipped_image_count() - before == 2
+    ds, steps = data.prepare_dataset(copy, batch_size=26, random_status=-1, cache_dir=tmp_path)
+    assert next(iter(ds))[0].shape[0] == 26 and steps == 1  # training goes on: the stream repeats past the gap
+    stderr = capfd.readouterr().err
+    assert "truncated.jpg" in stderr and "fake.png" in stderr
+
+
+def test_random_status_levels(dataset_dir, tmp_path):
+    for level in (-1, 0, 1, 2, 3, 100, 300):
+        ds, _ = data.prepare_dataset(dataset_dir, batch_size=8, random_status=level, cache_dir=tmp_path)
+        images, labels = next(iter(ds))
+        images = images.numpy()
+        assert images.shape == (8, 112, 112, 3), level
+        assert images.min() >= -1 and images.max() <= 1, level
+        for image, label in zip(images, labels.numpy(), strict=True):
+            index = int(np.argmax(label))
+            left, right = normalised(class_value(index)), normalised(class_value(index) + 10)
+            if level == -1:
+                assert np.allclose(image[:, :56], left) and np.allclose(image[:, 56:], right)
+            elif level == 0:  # flip only: the image or its mirror
+                assert np.allclose(image[:, :56], left) or np.allclose(image[:, :56], right)
+            elif level == 1:  # flip, then brightness moves the whole image by one delta within ±12.75
+                delta = image[0, 0, 0] - (left if np.isclose(image[0, 0, 0] - image[0, -1, 0], left - right) else right)
+                assert abs(delta) <= 12.75 * 0.0078125 + 1e-6 and np.isclose(np.ptp(image[0, :, 0]), 10 * 0.0078125)
+
+
+def test_cutout_mask_at_every_random_status(dataset_dir, tmp_path):
+    for level in (-1, 0, 2, 3, 100):
+        ds, _ = data.prepare_dataset(
+            dataset_dir, batch_size=8, random_status=level, random_cutout_mask_area=1.0, cache_dir=tmp_path
+        )
+        images = next(iter(ds))[0].numpy()
+        assert np.allclose(images[:, int(0.7 * 112) :], MASK_VALUE), level
+        top_rows_masked = np.all(np.isclose(images[:, : int(0.55 * 112)], MASK_VALUE), axis=(1, 2, 3))
+        assert not top_rows_masked.any(), level
+
+
+def test_mixup_mixes_images_and_labels_alike(dataset_dir, tmp_path):
+    tf.random.set_seed(3)
+    ds, _ = data.prepare_dataset(dataset_dir, batch_size=24, random_status=-1, mixup_alpha=1.0, cache_dir=tmp_path)
+    images, labels = next(iter(ds))
+    images, labels = images.numpy(), labels.numpy()
+    assert np.allclose(labels.sum(1), 1)
+    assert (labels.max(1) < 1).any() and (labels.max(1) >= 0.5 - 1e-6).all()
+    expected_left = labels @ np.array([normalised(class_value(i)) for i in range(4)])
+    assert np.allclose(images[:, 0, 0, 0], expected_left, atol=1e-5)
+    with pytest.raises(ValueError, match="one-hot"):
+        data.prepare_dataset(dataset_dir, batch_size=8, mixup_alpha=0.4, sparse_label=True, cache_dir=tmp_path)
+
+
+def test_triplet_batches_hold_k_images_of_each_class(dataset_dir, tmp_path):
+    ds, steps = data.Triplet_dataset(dataset_dir, batch_size=10, image_per_class=4, random_status=0, cache_dir=tmp_path)
+    assert steps == 2  # 4 classes x one group of 4, 2 groups per batch of 8 (10 // 4 * 4)
+    for images, labels in take(ds, 6):
+        assert images.shape == (8, 112, 112, 3)
+        counts = np.bincount(np.argmax(labels.numpy(), 1), minlength=4)
+        assert sorted(counts[counts > 0]) == [4, 4]
+        assert [class_of(image) for image in images] == list(np.argmax(labels.numpy(), 1))
+
+
+def test_partial_fc_batches_alternate_class_shards(dataset_dir, tmp_path):
+    ds, steps = data.prepare_dataset(
+        dataset_dir, batch_size=4, random_status=-1, partial_fc_split=2, cache_dir=tmp_path
+    )
+    assert steps == 6  # both shards hold 12 images: 3 batches each, interleaved
+    shards = []
+    for images, labels in take(ds, 8):
+        true_classes = [class_of(image) for image in images]
+        assert labels.shape == (4, 2)
+        assert np.array_equal(np.argmax(labels.numpy(), 1), np.array(true_classes) % 2)
+        assert len({c // 2 for c in true_classes}) == 1
+        shards.append(true_classes[0] // 2)
+    assert shards == [0, 1] * 4
+
+
+def test_image_per_class_keeps_large_classes(dataset_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset_dir, copy)
+    for k in range(3):
+        os.remove(copy / "2" / f"{k + 1}.png")
+    mask, kept = data.pick_by_image_per_class(data.pre_process_folder(copy, cache_dir=tmp_path)[1], 4)
+    assert kept.tolist() == [0, 1, 3] and mask.sum() == 18
+    ds, steps = data.prepare_dataset(copy, batch_size=6, is_train=False, image_per_class=4, cache_dir=tmp_path)
+    assert steps == 3
+    assert all(2 not in np.argmax(labels.numpy(), 1) for _, labels in ds)
+
+
+def test_tfrecord_write_and_read(dataset_dir, tmp_path):
+    path, total, classes = data.write_tfrecord_from_folder(dataset_dir, tmp_path / "faces.tfrecord", cache_dir=tmp_path)
+    assert (total, classes) == (24, 4)
+    ds, steps = data.prepare_dataset(str(path), batch_size=8, is_train=False)
+    assert steps == 3
+    for images, labels in take(ds, 3):
+        assert [class_of(image) for image in images] == list(np.argmax(labels.numpy(), 1))
+
+
+def test_distillation_from_npz_tfrecord_and_teacher(dataset_dir, tmp_path):
+    names, classes, _, _, _ = data.pre_process_folder(dataset_dir, cache_dir=tmp_path)
+    embeddings = np.stack([np.full(5, c, np.float32) + np.arange(5) for c in classes])
+    np.savez(tmp_path / "distill.npz", image_names=names, image_classes=classes, embeddings=embeddings)
+    ds, _ = data.prepare_dataset(str(tmp_path / "distill.npz"), batch_size=8, is_train=False)
+    images, (embs, labels) = next(iter(ds))
+    assert np.allclose(embs.numpy()[:, 0], np.argmax(labels.numpy(), 1))
+    data.write_distill_tfrecord(tmp_path / "distill.tfrecord", names, classes, embeddings, use_fp16=True)
+    ds, steps = data.prepare_dataset(str(tmp_path / "distill.tfrecord"), batch_size=8, random_status=-1)
+    images, (embs, labels) = next(iter(ds))
+    assert steps == 3 and embs.shape == (8, 5)
+    assert [class_of(image) for image in images.numpy()] == list(embs.numpy()[:, 0].astype(int))
+
+    def teacher(batch):  # sees normalised images; returns a 3-d "embedding"
+        return tf.reduce_mean(batch, axis=[1, 2])
+
+    ds, _ = data.prepare_dataset(
+        dataset_dir, batch_size=8, is_train=False, teacher_model_interf=teacher, cache_dir=tmp_path
+    )
+    images, (teacher_out, labels) = next(iter(ds))
+    assert np.allclose(teacher_out.numpy(), images.numpy().mean(axis=(1, 2)), atol=1e-5)
+    soft = lambda batch: tf.nn.softmax(tf.reduce_mean(batch, axis=[1, 2, 3])[:, None] * tf.ones([1, 4]))  # noqa: E731
+    images, soft_labels = next(
+        iter(
+            data.prepare_dataset(
+                dataset_dir, batch_size=8, is_train=False, teacher_model_interf=soft, cache_dir=tmp_path
+            )[0]
+        )
+    )
+    assert soft_labels.shape == (8, 4) and np.allclose(soft_labels.numpy(), 0.25)
