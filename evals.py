@@ -1,0 +1,362 @@
+"""Face-verification evaluation on `.bin` pair files (LFW, CFP-FP, AgeDB-30, ...).
+
+Two accuracies are reported, as in the original Keras_insightface code:
+
+- `accuracy_mean` / `accuracy_std`: the standard InsightFace 10-fold protocol, the one every published LFW /
+  CFP-FP / AgeDB figure comes from. Embeddings (plus their flip embeddings, summed) are L2-normalised, a pair's
+  distance is the squared L2 distance (0..4), thresholds are `arange(0, 4, 0.01)`, folds are an unshuffled
+  `KFold`, and for each test fold the threshold with the best accuracy on the other folds is applied.
+- `max_accuracy` / `max_accuracy_threshold`: the original training callback's figure, the best single cosine
+  threshold over the whole set, searched only among the top 10 % negative-pair scores (optimistic; comparable
+  only with the original's training logs).
+
+`val`, `val_std`, `far` are the validation rate at FAR 1e-3 (thresholds `arange(0, 4, 0.001)`, same folds). The
+original interpolated the threshold with SciPy's `interp1d`, which raises on SciPy >= 1.9 because the FAR curve
+repeats values; here the threshold is interpolated linearly between the last threshold whose training FAR is
+below the target and the next one, which is what `interp1d` computed on older SciPy.
+
+Images: every image is decoded as RGB and normalised as `(x - 127.5) * 0.0078125`. An image whose size differs
+from the model's input size (112x112 when the model accepts any size) is resized bilinearly, with a warning
+naming the file: the standard benchmarks are 112x112, so a resize usually means a wrong file.
+"""
+
+import argparse
+import glob
+import os
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.model_selection import KFold
+from tqdm import tqdm
+
+from bin_files import load_bin
+
+DEFAULT_IMAGE_SIZE = (112, 112)
+ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)
+VAL_THRESHOLDS = np.arange(0, 4, 0.001)
+FAR_TARGET = 1e-3
+
+
+class NonFiniteEmbeddingsError(ValueError):
+    """Embeddings that contain NaN or infinity: a diverged model, nothing to evaluate."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics on embeddings
+
+
+def l2_normalize(embeddings):
+    """Rows divided by their L2 norm (rows of norm 0 are left as they are), float64 (N, D)."""
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", embeddings, embeddings))
+    norms[norms == 0] = 1.0
+    return embeddings / norms[:, None]
+
+
+def check_finite(embeddings, what="embeddings"):
+    """Raise `NonFiniteEmbeddingsError` when `embeddings` hold NaN or infinity."""
+    bad = np.size(embeddings) - np.count_nonzero(np.isfinite(embeddings))
+    if bad:
+        raise NonFiniteEmbeddingsError(
+            f"{what} contain {bad} non-finite values (NaN or inf); the model probably diverged, nothing to evaluate"
+        )
+
+
+def pair_distances(embeddings):
+    """Squared L2 distance of each pair (rows 2k, 2k+1) of already normalised embeddings, shape (N,)."""
+    return np.sum(np.square(embeddings[0::2] - embeddings[1::2]), axis=1)
+
+
+def count_below(sorted_values, thresholds):
+    """How many of `sorted_values` are strictly below each threshold, shape (len(thresholds),)."""
+    return np.searchsorted(sorted_values, thresholds, side="left")
+
+
+def accuracy_per_threshold(thresholds, distances, issame):
+    """Fraction of pairs classified right when "same" means `distance < threshold`, for each threshold."""
+    positives, negatives = np.sort(distances[issame]), np.sort(distances[~issame])
+    correct = count_below(positives, thresholds) + negatives.size - count_below(negatives, thresholds)
+    return correct / distances.size
+
+
+def val_far(threshold, distances, issame):
+    """(VAL, FAR) at one threshold: accepted positives / positives, accepted negatives / negatives (NaN if none)."""
+    accept = distances < threshold
+    positives, negatives = np.count_nonzero(issame), np.count_nonzero(~issame)
+    val = np.count_nonzero(accept & issame) / positives if positives else np.nan
+    far = np.count_nonzero(accept & ~issame) / negatives if negatives else np.nan
+    return val, far
+
+
+def fold_splits(num_pairs, nrof_folds):
+    """(train, test) index arrays of an unshuffled `KFold(nrof_folds)`; one fold means train = test = all."""
+    indices = np.arange(num_pairs)
+    if nrof_folds == 1:
+        return [(indices, indices)]
+    return list(KFold(n_splits=nrof_folds, shuffle=False).split(indices))
+
+
+def threshold_at_far(thresholds, fars, far_target):
+    """The threshold at which the (non-decreasing) FAR curve `fars` reaches `far_target`.
+
+    Linear interpolation between the last threshold with FAR below the target and the first one with FAR at or
+    above it; 0.0 when the curve never reaches the target (the standard protocol's convention).
+    """
+    if np.max(fars) < far_target:
+        return 0.0
+    upper = int(np.argmax(fars >= far_target))
+    if upper == 0:
+        return float(thresholds[0])
+    lower = upper - 1
+    fraction = (far_target - fars[lower]) / (fars[upper] - fars[lower])
+    return thresholds[lower] + fraction * (thresholds[upper] - thresholds[lower])
+
+
+def kfold_accuracy(distances, issame, nrof_folds=10, thresholds=ACCURACY_THRESHOLDS):
+    """Per-fold test accuracy, each fold using the threshold that is best on the other folds, shape (folds,)."""
+    accuracies = np.zeros(nrof_folds)
+    for fold, (train, test) in enumerate(fold_splits(len(distances), nrof_folds)):
+        best = thresholds[np.argmax(accuracy_per_threshold(thresholds, distances[train], issame[train]))]
+        accuracies[fold] = accuracy_per_threshold(np.array([best]), distances[test], issame[test])[0]
+    return accuracies
+
+
+def calculate_val(distances, issame, far_target=FAR_TARGET, nrof_folds=10, thresholds=VAL_THRESHOLDS):
+    """VAL at `far_target` over unshuffled folds → `(val_mean, val_std, far_mean)`.
+
+    For each fold the threshold reaching `far_target` on the other folds (`threshold_at_far`) is applied to the
+    test fold.
+    """
+    vals, fars = np.zeros(nrof_folds), np.zeros(nrof_folds)
+    for fold, (train, test) in enumerate(fold_splits(len(distances), nrof_folds)):
+        train_negatives = np.sort(distances[train][~issame[train]])
+        train_fars = count_below(train_negatives, thresholds) / train_negatives.size
+        threshold = threshold_at_far(thresholds, train_fars, far_target)
+        vals[fold], fars[fold] = val_far(threshold, distances[test], issame[test])
+    return float(np.mean(vals)), float(np.std(vals)), float(np.mean(fars))
+
+
+def max_threshold_accuracy(cosines, issame):
+    """The original callback's accuracy: `(accuracy, threshold)` of the best single cosine threshold.
+
+    A pair counts as right when a positive's cosine is `> t` or a negative's is `<= t`. Candidate thresholds are
+    only the largest 10 % of negative-pair cosines (all of them when there are fewer than 10 negatives, as the
+    original's `ff[-0:]` slice does); ties go to the lowest candidate.
+    """
+    positives, negatives = np.sort(cosines[issame]), np.sort(cosines[~issame])
+    candidates = negatives[-int(0.1 * negatives.size):]
+    correct = [np.count_nonzero(positives > value) + np.count_nonzero(negatives <= value) for value in candidates]
+    best = int(np.argmax(correct))
+    return correct[best] / cosines.size, float(candidates[best])
+
+
+def evaluate_embeddings(embeddings, issame, embeddings_flip=None, nrof_folds=10, far_target=FAR_TARGET):
+    """All verification metrics of pair embeddings.
+
+    Args:
+        embeddings: (2N, D) embeddings, pair k = rows 2k and 2k+1.
+        issame: N booleans, whether pair k shows one person.
+        embeddings_flip: optional (2N, D) embeddings of the horizontally flipped images, added before normalising.
+        nrof_folds: folds of the protocol (10 for the published figures).
+        far_target: FAR at which `val` is measured (1e-3 for the published figures).
+
+    Returns a dict of floats: `accuracy_mean`, `accuracy_std` (10-fold protocol, fractions), `max_accuracy`,
+    `max_accuracy_threshold` (original callback's rule, a cosine), `val`, `val_std`, `far`. Raises
+    `NonFiniteEmbeddingsError` on NaN/inf and `ValueError` when the shapes do not match or a class is missing.
+    """
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if embeddings_flip is not None:
+        embeddings = embeddings + np.asarray(embeddings_flip, dtype=np.float64)
+    issame = np.asarray(issame, dtype=bool)
+    if embeddings.ndim != 2 or embeddings.shape[0] != 2 * issame.size:
+        raise ValueError(f"expected (2N, D) embeddings for N={issame.size} pairs, got shape {embeddings.shape}")
+    if issame.all() or not issame.any():
+        raise ValueError("issame must hold both positive and negative pairs")
+    check_finite(embeddings)
+    normalized = l2_normalize(embeddings)
+    distances = pair_distances(normalized)
+    accuracies = kfold_accuracy(distances, issame, nrof_folds)
+    val, val_std, far = calculate_val(distances, issame, far_target, nrof_folds)
+    cosines = np.sum(normalized[0::2] * normalized[1::2], axis=1)
+    max_accuracy, max_threshold = max_threshold_accuracy(cosines, issame)
+    return {
+        "accuracy_mean": float(np.mean(accuracies)),
+        "accuracy_std": float(np.std(accuracies)),
+        "max_accuracy": float(max_accuracy),
+        "max_accuracy_threshold": max_threshold,
+        "val": val,
+        "val_std": val_std,
+        "far": far,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Embedding a .bin file
+
+
+def model_image_size(model):
+    """(height, width) the model expects; 112x112 when its input accepts any size."""
+    height, width = tuple(model.input_shape[1:3])
+    return (height, width) if height and width else DEFAULT_IMAGE_SIZE
+
+
+def warn_if_resized(bins, image_size, path):
+    """Warn when the first image of a `.bin` is not `image_size` (images are then resized bilinearly)."""
+    shape = tuple(tf.io.decode_image(bins[0], channels=3, expand_animations=False).shape[:2])
+    if shape != tuple(image_size):
+        warnings.warn(
+            f"{path}: images are {shape[0]}x{shape[1]}, the model expects {image_size[0]}x{image_size[1]}; "
+            "resizing them (bilinear). Published benchmark figures use 112x112 bins.",
+            stacklevel=3,
+        )
+
+
+def bin_dataset(bins, image_size, batch_size):
+    """Batches of normalised float32 images (B, H, W, 3) decoded from encoded image bytes."""
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32), image_size)
+        return (tf.clip_by_value(tf.round(image), 0, 255) - 127.5) * 0.0078125
+
+    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(bins, dtype=tf.string))
+    return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+
+
+class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's public name)
+    """Evaluate `basic_model` on one `.bin` pair file at each epoch end (and every `eval_freq` batches).
+
+    Prints `>>>> <name> evaluation max accuracy: ..., thresh: ..., previous max accuracy: ...` (plus
+    `PCA accuray = mean ± std`, the 10-fold accuracy, with `PCA_acc=True`; there is no PCA, the name is the
+    original's) and `>>>> Improved = ...` when the accuracy is at least the best so far. Then, with `save_model`,
+    the basic model is saved to `checkpoints/<save_model>_basic_<name>_epoch_<step>_<accuracy>.h5`, replacing the
+    previous best file of this bin. Non-finite embeddings print a message and skip the evaluation.
+
+    Attributes: `test_names` (bin stem), `test_issame`, `steps`, `max_accuracy`, `cur_acc`, `acc_thresh`, `embs`
+    (flip-summed raw embeddings of the last run), `tt`/`ff` (sorted positive / negative cosines), `metrics` (the
+    full `evaluate_embeddings` dict when `PCA_acc=True`).
+    """
+
+    def __init__(self, basic_model, test_bin_file, batch_size=128, save_model=None, eval_freq=1, flip=True,
+                 PCA_acc=False):
+        super().__init__()
+        self.test_bin_file = os.fspath(test_bin_file)
+        self.bins, self.test_issame = load_bin(self.test_bin_file)
+        self.test_names = os.path.splitext(os.path.basename(self.test_bin_file))[0]
+        self.basic_model, self.batch_size = basic_model, batch_size
+        self.save_model, self.eval_freq, self.flip, self.PCA_acc = save_model, eval_freq, flip, PCA_acc
+        self.steps = int(np.ceil(len(self.bins) / batch_size))
+        self.max_accuracy, self.cur_acc, self.acc_thresh = 0.0, 0.0, 0.0
+        self.embs, self.tt, self.ff, self.metrics = None, None, None, None
+        self._dataset = None
+
+    def dataset(self):
+        """The decoded, batched images (built once, on first use, at the model's input size)."""
+        if self._dataset is None:
+            image_size = model_image_size(self.basic_model)
+            warn_if_resized(self.bins, image_size, self.test_bin_file)
+            self._dataset = bin_dataset(self.bins, image_size, self.batch_size)
+        return self._dataset
+
+    def compute_embeddings(self):
+        """Raw embeddings (2N, D) float32 of all images, plus those of the flipped images when `flip`."""
+        embeddings = []
+        for images in tqdm(self.dataset(), "Evaluating " + self.test_names, total=self.steps):
+            emb = self.basic_model(images, training=False)
+            if self.flip:
+                emb = emb + self.basic_model(tf.image.flip_left_right(images), training=False)
+            embeddings.append(keras.ops.convert_to_numpy(emb).astype(np.float32))
+        return np.concatenate(embeddings)
+
+    def on_batch_end(self, batch, logs=None):
+        if self.eval_freq > 1 and batch != 0 and batch % self.eval_freq == 0:
+            self.evaluate_now(f"{self.last_finished_epoch() + 1}_batch_{batch}")
+
+    def last_finished_epoch(self):
+        """Index of the last epoch the model's History recorded, 0 before the first one ends."""
+        history = getattr(self.model, "history", None) if self.model is not None else None
+        epochs = getattr(history, "epoch", None)
+        return epochs[-1] if epochs else 0
+
+    def on_epoch_end(self, epoch=0, logs=None):
+        self.evaluate_now(str(epoch + 1))
+
+    def evaluate_now(self, cur_step):
+        """Embed the bin, print the accuracy line, and save the basic model when it improved."""
+        embs = self.compute_embeddings()
+        if not np.isfinite(embs).all():
+            print(f"\n>>>> {self.test_names}: NAN or inf in embs, not a good one; skipping this evaluation")
+            return
+        self.embs = embs
+        normalized = l2_normalize(embs)
+        cosines = np.sum(normalized[0::2] * normalized[1::2], axis=1)
+        self.tt, self.ff = np.sort(cosines[self.test_issame]), np.sort(cosines[~self.test_issame])
+        acc_max, self.acc_thresh = max_threshold_accuracy(cosines, self.test_issame)
+        self.cur_acc = acc_max
+        line = (f">>>> {self.test_names} evaluation max accuracy: {acc_max:f}, thresh: {self.acc_thresh:f}, "
+                f"previous max accuracy: {self.max_accuracy:f}")
+        if self.PCA_acc:
+            self.metrics = evaluate_embeddings(embs, self.test_issame)
+            line += f", PCA accuray = {self.metrics['accuracy_mean']:f} ± {self.metrics['accuracy_std']:f}"
+        print("\n" + line)
+        if acc_max >= self.max_accuracy:
+            print(f">>>> Improved = {acc_max - self.max_accuracy:f}")
+            self.max_accuracy = acc_max
+            if self.save_model:
+                self.save_best(cur_step)
+
+    def save_best(self, cur_step):
+        """Save the basic model as the new best of this bin, removing the previous best file."""
+        save_path_base = os.path.join("checkpoints", f"{self.save_model}_basic_{self.test_names}_epoch_")
+        for old in glob.glob(glob.escape(save_path_base) + "*.h5"):
+            os.remove(old)
+        save_path = save_path_base + f"{cur_step}_{self.max_accuracy:f}.h5"
+        os.makedirs("checkpoints", exist_ok=True)
+        print(f">>>> Saving model to: {save_path}")
+        self.basic_model.save(save_path, include_optimizer=False)
+
+
+def evaluate_bin_files(basic_model, test_bin_files, batch_size=128, flip=True):
+    """All metrics of `basic_model` on each `.bin` → pandas DataFrame indexed by bin name (NaN rows for bins
+    whose embeddings are non-finite, with a message)."""
+    import pandas as pd
+
+    rows = {}
+    for path in test_bin_files:
+        callback = eval_callback(basic_model, path, batch_size=batch_size, flip=flip)
+        try:
+            rows[callback.test_names] = evaluate_embeddings(callback.compute_embeddings(), callback.test_issame)
+        except NonFiniteEmbeddingsError as error:
+            print(f">>>> {path}: {error}")
+            rows[callback.test_names] = {}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def parse_arguments(argv=None):
+    """Command-line options of `python evals.py`."""
+    parser = argparse.ArgumentParser(description="Evaluate a basic (embedding) model on .bin pair files.")
+    parser.add_argument("-m", "--basic_model", required=True, help="model file (.h5 / .keras), the embedding model")
+    parser.add_argument("-b", "--batch_size", type=int, default=128, help="batch size")
+    parser.add_argument("-t", "--test_bin_files", nargs="*", default=[], help=".bin pair files to evaluate")
+    parser.add_argument("-F", "--no_flip", action="store_true", help="do not add flipped-image embeddings")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """CLI entry: print a table of all metrics per `.bin`; returns the DataFrame."""
+    import pandas as pd
+
+    from GhostFaceNets import load_model
+
+    args = parse_arguments(argv)
+    model = load_model(args.basic_model)
+    table = evaluate_bin_files(model, args.test_bin_files, batch_size=args.batch_size, flip=not args.no_flip)
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.precision", 6):
+        print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
