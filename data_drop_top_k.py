@@ -19,6 +19,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from data import normalize, pre_process_folder, tf_imread
+from evals import check_finite
 from heads import NormDense  # importing it also registers it, so saved training models load
 
 
@@ -52,6 +53,7 @@ def own_class_cosines(embedding_model, centers, image_names, image_classes, batc
     batches = dataset.batch(batch_size)
     for start, images in zip(range(0, len(image_names), batch_size), tqdm(batches, "Embedding"), strict=False):
         embeddings = keras.ops.convert_to_numpy(embedding_model(images, training=False)).astype(np.float64)
+        check_finite(embeddings, f"embeddings of images {image_names[start]} …")
         embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
         own_centers = centers[image_classes[start:start + len(embeddings)]]
         cosines.append(np.einsum("be,bke->bk", embeddings, own_centers))

@@ -18,6 +18,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from data import normalize, scan_folder, tf_imread
+from evals import check_finite
 
 FPR_POINTS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
 
@@ -48,6 +49,7 @@ class Eval_folder:  # noqa: N801 (the original's public name)
             from GhostFaceNets import load_model
 
             model_interf = load_model(model_interf)
+        self.data_path = data_path
         names, classes, _ = scan_folder(data_path, class_order="sorted")
         self.filenames, self.imm_classes = np.array(names), np.asarray(classes, dtype=np.int64)
         self.embs = self.embed(model_interf, batch_size)
@@ -61,8 +63,9 @@ class Eval_folder:  # noqa: N801 (the original's public name)
         dataset = tf.data.Dataset.from_tensor_slices(list(self.filenames))
         dataset = dataset.map(lambda path: normalize(tf_imread(path, image_size))).batch(batch_size)
         steps = int(np.ceil(len(self.filenames) / batch_size))
-        embs = [np.asarray(model(images)) for images in tqdm(dataset, "Embedding", total=steps)]
-        return l2_normalize_rows(np.concatenate(embs).astype(np.float32))
+        embs = np.concatenate([np.asarray(model(images)) for images in tqdm(dataset, "Embedding", total=steps)])
+        check_finite(embs, f"embeddings of the images in {self.data_path}")
+        return l2_normalize_rows(embs.astype(np.float32))
 
     def registers(self):
         """Per-class sums of embeddings, shape (classes, D) (not normalised)."""

@@ -23,6 +23,7 @@ naming the file: the standard benchmarks are 112x112, so a resize usually means 
 import argparse
 import glob
 import os
+import tempfile
 import warnings
 
 import keras
@@ -308,14 +309,26 @@ class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's pub
                 self.save_best(cur_step)
 
     def save_best(self, cur_step):
-        """Save the basic model as the new best of this bin, removing the previous best file."""
+        """Save the basic model as the new best of this bin, then remove the previous best file.
+
+        The file is written under a temporary `.h5` name in `checkpoints/` and renamed into place, so an
+        interrupted save never leaves a truncated best model.
+        """
         save_path_base = os.path.join("checkpoints", f"{self.save_model}_basic_{self.test_names}_epoch_")
-        for old in glob.glob(glob.escape(save_path_base) + "*.h5"):
-            os.remove(old)
         save_path = save_path_base + f"{cur_step}_{self.max_accuracy:f}.h5"
         os.makedirs("checkpoints", exist_ok=True)
         print(f">>>> Saving model to: {save_path}")
-        self.basic_model.save(save_path, include_optimizer=False)
+        handle, temporary = tempfile.mkstemp(prefix=".saving_", suffix=".h5", dir="checkpoints")
+        os.close(handle)
+        try:
+            self.basic_model.save(temporary, include_optimizer=False)
+            os.replace(temporary, save_path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        for old in glob.glob(glob.escape(save_path_base) + "*.h5"):
+            if os.path.abspath(old) != os.path.abspath(save_path):
+                os.remove(old)
 
 
 def evaluate_bin_files(basic_model, test_bin_files, batch_size=128, flip=True):

@@ -89,3 +89,16 @@ def test_basic_model_is_refused():
     basic = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
     with pytest.raises(ValueError, match="no NormDense layer"):
         ddk.data_drop_top_k(basic, "unused")
+
+
+def test_non_finite_embeddings_give_a_clear_error(tmp_path, monkeypatch):
+    from evals import NonFiniteEmbeddingsError
+
+    monkeypatch.chdir(tmp_path)
+    write_dataset(tmp_path / "faces")
+    inputs = keras.Input((2, 2, 3))
+    embedding = keras.layers.Dense(3, name="embedding")(keras.layers.GlobalAveragePooling2D()(inputs))
+    model = keras.Model(inputs, NormDense(units=3, loss_top_k=2, name="head")(embedding))
+    model.get_layer("embedding").kernel.assign(np.full((3, 3), np.nan, dtype=np.float32))
+    with pytest.raises(NonFiniteEmbeddingsError, match="non-finite"):
+        ddk.data_drop_top_k(model, str(tmp_path / "faces"), cache_dir=str(tmp_path / "cache"))

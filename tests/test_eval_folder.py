@@ -70,3 +70,18 @@ def test_cli_on_a_folder_writes_bin_and_plot(tmp_path, capsys):
     assert list(issame) == [True, True, False, False, False] and scores[2] >= scores[3] >= scores[4]
     bins, stored_issame = load_bin(tmp_path / "one.bin")
     assert list(stored_issame) == list(issame) and bins[0].startswith(b"\x89PNG") and len(names) == 5
+
+
+def test_non_finite_embeddings_name_the_folder(tmp_path):
+    import pytest
+
+    from evals import NonFiniteEmbeddingsError
+
+    os.makedirs(tmp_path / "faces" / "a")
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "faces" / "a" / "0.png")
+
+    def broken_model(images):
+        return np.full((len(images), 2), np.nan)
+
+    with pytest.raises(NonFiniteEmbeddingsError, match="faces"):
+        eval_folder.Eval_folder(broken_model, str(tmp_path / "faces"))

@@ -175,6 +175,26 @@ def test_eval_callback_embeds_prints_and_saves_best(tmp_path, monkeypatch, capsy
     assert os.listdir(tmp_path / "checkpoints") == [f"run_basic_tiny_epoch_1_batch_2_{callback.max_accuracy:f}.h5"]
 
 
+def test_failed_save_keeps_the_previous_best_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_tiny_bin(tmp_path / "tiny.bin")
+    model = tiny_model()
+    callback = evals.eval_callback(model, str(tmp_path / "tiny.bin"), batch_size=8, save_model="run")
+    callback.on_epoch_end(0)
+    first = os.listdir(tmp_path / "checkpoints")
+
+    def interrupted_save(path, **kwargs):
+        with open(path, "wb") as file:
+            file.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model, "save", interrupted_save)
+    with pytest.raises(OSError, match="disk full"):
+        callback.on_epoch_end(1)
+    assert os.listdir(tmp_path / "checkpoints") == first and len(first) == 1
+    keras.saving.load_model(tmp_path / "checkpoints" / first[0], compile=False)
+
+
 def test_eval_callback_skips_non_finite_embeddings(tmp_path, capsys):
     write_tiny_bin(tmp_path / "tiny.bin")
     model = tiny_model()
@@ -207,3 +227,55 @@ def test_cli_prints_a_table_per_bin(tmp_path, capsys):
     assert (table["max_accuracy"] > 0.5).all()
     out = capsys.readouterr().out
     assert "accuracy_mean" in out and "second" in out
+
+
+MIRRORED_SCRIPT = r"""
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+sys.path.insert(0, sys.argv[1])
+import evals
+from bin_files import make_bin
+
+rng = np.random.default_rng(0)
+issame = np.arange(8) % 2 == 0
+images = rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
+images[1::2][issame] = images[0::2][issame]
+make_bin(list(zip(images[0::2], images[1::2])), issame, "tiny.bin")
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, strides=2)(inputs))
+    basic = keras.Model(inputs, keras.layers.Dense(8)(features))
+    model = keras.Model(inputs, keras.layers.Dense(2)(basic.output))
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+callback = evals.eval_callback(basic, "tiny.bin", batch_size=4, save_model="mirrored", eval_freq=2)
+x = (images.astype("float32") - 127.5) * 0.0078125
+model.fit(x, np.arange(16) % 2, batch_size=4, epochs=1, callbacks=[callback], verbose=0)
+expected = basic.predict(x, verbose=0) + basic.predict(x[:, :, ::-1], verbose=0)
+print("REPLICAS", strategy.num_replicas_in_sync, "MAXDIFF", float(np.abs(callback.embs - expected).max()))
+print("SAVED", sorted(os.listdir("checkpoints")))
+"""
+
+
+@pytest.mark.slow
+def test_eval_callback_under_mirrored_strategy(tmp_path):
+    # Logical devices must be configured before TensorFlow starts, hence a fresh interpreter.
+    import ast
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, repo], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("REPLICAS", "SAVED")))
+    replicas, _, max_diff = lines["REPLICAS"].split()
+    assert replicas == "2" and float(max_diff) < 1e-4
+    assert ">>>> tiny evaluation max accuracy:" in result.stdout
+    saved = ast.literal_eval(lines["SAVED"])
+    assert len(saved) == 1 and saved[0].startswith("mirrored_basic_tiny_epoch_1_") and saved[0].endswith(".h5")
