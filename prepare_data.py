@@ -8,12 +8,17 @@
 - `-D dir -T lfw.bin ...`: rewrite those evaluation `.bin` files (names relative to `-D`) in place into a
   plain `[list of bytes, list of bool]` pickle, which our loader and the original code read directly.
 - `--synthetic dir`: build the synthetic demo data set (`dir/train/<id>/<k>.jpg` and `dir/val.bin`).
+- `--json image_list.json --root DIR --output name.tfrecord [--margin 0.0] [--size 112] [--shards N]`: crop the
+  faces of an FFEM image list (`{relative_path: {label, x1, y1, x2, y2}}`) into a TFRecord for `train.Train`,
+  with a per-item report of the entries skipped (see `json_to_tfrecord`).
 """
 
 import argparse
+import json
 import os
 import sys
 import warnings
+from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
@@ -113,6 +118,266 @@ def read_property(dataset_dir):
         raise ValueError(f"{path}: expected 'classes,height,width', got {','.join(fields)!r}") from error
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# JSON image list with bounding boxes (the FFEM layout) -> cropped-face TFRecord
+
+BOX_FIELDS = ("x1", "y1", "x2", "y2")
+JPEG_QUALITY = 95
+
+
+class BadItemError(ValueError):
+    """One JSON entry that cannot be written; the message says why."""
+
+
+@dataclass
+class BoxListReport:
+    """What `json_to_tfrecord` did: `written` images; `problems`, a list of `(key, problem)` for every entry not
+    written (or, for duplicate keys, every later occurrence); `clipped`, the keys whose box reached outside the
+    image and was clipped to it (written); `classes`; `class_names`, the string labels in class-index order (None
+    for integer labels) and `class_names_file`, where they were saved."""
+
+    written: int = 0
+    problems: list = field(default_factory=list)
+    clipped: list = field(default_factory=list)
+    classes: int = 0
+    class_names: list | None = None
+    class_names_file: str | None = None
+
+    def lines(self):
+        """The report as text lines: a summary, then one line per problem and per clipped box."""
+        summary = (f"{self.written} images written, {len(self.problems)} entries with problems, "
+                   f"{len(self.clipped)} boxes clipped to the image, {self.classes} classes")
+        return ([summary] + [f"  {key}: {problem}" for key, problem in self.problems]
+                + [f"  {key}: box clipped to the image (written)" for key in self.clipped])
+
+
+class _Pairs(list):
+    """The (key, value) pairs of one JSON object, in file order, duplicates included."""
+
+
+def load_box_list(json_path):
+    """Read an FFEM image list `{relative_path: {label, x1, y1, x2, y2}, ...}`.
+
+    Returns `(entries, problems)`: `entries` a list of `(key, fields dict)` in file order, each key once (the
+    first occurrence); `problems` a list of `(key, problem)` for each later occurrence of a key (and each
+    repeated field inside an entry, which makes that entry unusable). Raises ValueError naming the file when it
+    is not JSON or not a JSON object.
+    """
+    try:
+        with open(json_path, encoding="utf-8") as file:
+            top = json.load(file, object_pairs_hook=_Pairs)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{json_path}: not valid JSON ({error})") from error
+    if not isinstance(top, _Pairs):
+        raise ValueError(f"{json_path}: expected a JSON object {{relative_path: {{label, x1, y1, x2, y2}}}}")
+    entries, problems, seen = [], [], {}
+    for key, value in top:
+        if key in seen:
+            same = "the same" if value == seen[key] else "a different"
+            problems.append((key, f"duplicate key with {same} entry (only the first occurrence is used)"))
+            continue
+        seen[key] = value
+        entries.append((key, value))
+    return entries, problems
+
+
+def entry_fields(value):
+    """`(label, (x1, y1, x2, y2))` of one JSON entry; raises BadItemError when fields are missing, repeated or not
+    numbers, or the label is neither a non-negative integer nor a string."""
+    if not isinstance(value, _Pairs):
+        raise BadItemError(f"entry is {type(value).__name__}, expected an object {{label, x1, y1, x2, y2}}")
+    names = [name for name, _ in value]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise BadItemError(f"repeated field(s) {repeated}")
+    fields = dict(value)
+    missing = [name for name in ("label", *BOX_FIELDS) if name not in fields]
+    if missing:
+        raise BadItemError(f"missing field(s) {missing}")
+    box = tuple(fields[name] for name in BOX_FIELDS)
+    if not all(isinstance(coordinate, int | float) and not isinstance(coordinate, bool) for coordinate in box):
+        raise BadItemError(f"box {box} holds values that are not numbers")
+    label = fields["label"]
+    if isinstance(label, bool) or not isinstance(label, int | str) or (isinstance(label, int) and label < 0):
+        raise BadItemError(f"label {label!r} is neither a non-negative integer nor a string")
+    return label, box
+
+
+def class_indices(labels):
+    """`(index of each label, class count, class names or None)`.
+
+    Integer labels are class indices as they are (`classes = max + 1`). As soon as one label is a string, every
+    label is read as a string and the distinct strings are numbered in natural order (digit runs compare as
+    numbers: "id2" < "id10"); the names in index order are returned.
+    """
+    from data import natural_sort_key
+
+    if all(isinstance(label, int) for label in labels):
+        return list(labels), (max(labels) + 1 if labels else 0), None
+    names = sorted({str(label) for label in labels}, key=natural_sort_key)
+    index = {name: position for position, name in enumerate(names)}
+    return [index[str(label)] for label in labels], len(names), names
+
+
+def crop_box(box, image_height, image_width, margin):
+    """Integer crop `(left, top, right, bottom)` (right / bottom exclusive) of `box` (x1, y1, x2, y2) grown by
+    `margin` × its width / height on each side and clipped to the image, plus whether the box itself reached
+    outside the image. Raises BadItemError for a zero-area box or one outside the image."""
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:
+        raise BadItemError(f"box {box} has zero area (needs x1 < x2 and y1 < y2)")
+    if x2 <= 0 or y2 <= 0 or x1 >= image_width or y1 >= image_height:
+        raise BadItemError(f"box {box} lies outside the {image_width}x{image_height} image")
+    clipped = x1 < 0 or y1 < 0 or x2 > image_width or y2 > image_height
+    grow_x, grow_y = margin * (x2 - x1), margin * (y2 - y1)
+    left, top = max(0, round(x1 - grow_x)), max(0, round(y1 - grow_y))
+    right, bottom = min(image_width, round(x2 + grow_x)), min(image_height, round(y2 + grow_y))
+    if right <= left or bottom <= top:
+        raise BadItemError(f"box {box} is less than one pixel inside the image")
+    return (left, top, right, bottom), clipped
+
+
+def resize_face(face, size):
+    """`face` (H, W, 3) resized to `size` × `size` (aspect ratio not kept): pixel-area averaging when shrinking,
+    bilinear interpolation (pixel centres, edges clamped) otherwise."""
+    import cv2
+
+    shrinking = face.shape[0] * face.shape[1] > size * size
+    return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def cropped_face_jpeg(path, box, margin, size):
+    """JPEG bytes of the face cut from the image file `path` by `box`, plus whether the box was clipped; raises
+    BadItemError for a missing or unreadable file and for a bad box."""
+    import cv2
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise BadItemError(f"missing file {path}")
+    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise BadItemError(f"unreadable image {path}")
+    (left, top, right, bottom), clipped = crop_box(box, image.shape[0], image.shape[1], margin)
+    face = resize_face(image[top:bottom, left:right], size)
+    ok, encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise BadItemError(f"could not encode the face of {path} as JPEG")
+    return encoded.tobytes(), clipped
+
+
+def output_stem(output):
+    """`output` without its `.tfrecord` extension."""
+    output = os.fspath(output)
+    return output[: -len(".tfrecord")] if output.endswith(".tfrecord") else output
+
+
+def shard_paths(output, shards):
+    """Output files: `output` itself for one shard, else `<stem>-00000-of-0000N.tfrecord` beside it."""
+    if shards == 1:
+        return [os.fspath(output)]
+    stem = output_stem(output)
+    return [f"{stem}-{index:05d}-of-{shards:05d}.tfrecord" for index in range(shards)]
+
+
+def finish_shard(part_path, path, classes):
+    """Copy the records of the staging file `part_path` to `path`, adding `classes` and `total` (this shard's
+    record count) to the first one as `data.read_tfrecord_dataset` expects; removes the staging file."""
+    import tensorflow as tf
+
+    from data import _int64_feature
+
+    records = tf.data.TFRecordDataset(part_path)
+    total = sum(1 for _ in records)
+    with tf.io.TFRecordWriter(path) as writer:
+        for index, record in enumerate(records):
+            if index == 0:
+                example = tf.train.Example.FromString(record.numpy())
+                example.features.feature["classes"].CopyFrom(_int64_feature(classes))
+                example.features.feature["total"].CopyFrom(_int64_feature(total))
+                writer.write(example.SerializeToString())
+            else:
+                writer.write(record.numpy())
+    os.remove(part_path)
+    return total
+
+
+def write_class_names(output, class_names):
+    """Save string class names, one a line in class-index order, as `<output stem>_classes.txt`; its path."""
+    stem = output_stem(output)
+    path = stem + "_classes.txt"
+    with open(path, "w", encoding="utf-8") as file:
+        file.write("".join(name + "\n" for name in class_names))
+    return path
+
+
+def json_to_tfrecord(json_path, root, output, margin=0.0, size=112, shards=1, shuffle_seed=None):
+    """Crop the faces of an FFEM image list into TFRecord file(s) that `train.Train(data_path=...)` reads.
+
+    `json_path`: `{relative_path: {label, x1, y1, x2, y2}}` with paths relative to `root` and the box in pixels
+    (left, top, right, bottom; right / bottom exclusive). Each face is the box grown by `margin` × its width /
+    height on each side, clipped to the image, resized to `size` × `size` (see `resize_face`) and stored as a
+    JPEG (quality 95) in the layout of `data.write_tfrecord_from_folder` (`image`, `label`; the first record of
+    each file also `classes` and `total`, that file's record count). Labels: see `class_indices`.
+    `shards > 1` writes `<stem>-0000i-of-0000N.tfrecord` files, records dealt round-robin; `shuffle_seed` (int)
+    writes the entries in a random order (recommended: the reader's shuffle buffer holds 10,000 records).
+    Entries with a missing / unreadable file, a bad box (zero area, outside the image) or bad fields, and later
+    occurrences of a duplicate key, are skipped and listed in the report; the rest is written.
+    Returns `(list of the files written, BoxListReport)`.
+    """
+    import random
+
+    import tensorflow as tf
+
+    from data import _bytes_feature, _int64_feature
+
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    if size < 1 or margin < 0:
+        raise ValueError(f"size must be >= 1 and margin >= 0, got size={size}, margin={margin}")
+    entries, problems = load_box_list(json_path)
+    report = BoxListReport(problems=problems)
+    usable = []
+    for key, value in entries:
+        try:
+            usable.append((key, *entry_fields(value)))
+        except BadItemError as error:
+            report.problems.append((key, str(error)))
+    labels, report.classes, report.class_names = class_indices([label for _, label, _ in usable])
+    items = [(key, index, box) for (key, _, box), index in zip(usable, labels, strict=True)]
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(items)
+
+    paths = shard_paths(output, shards)
+    part_paths = [path + ".part" for path in paths]
+    writers = [tf.io.TFRecordWriter(path) for path in part_paths]
+    try:
+        for key, label, box in tqdm(items, desc=f"{json_path} -> {output}", unit="img"):
+            try:
+                image, clipped = cropped_face_jpeg(os.path.join(root, key), box, margin, size)
+            except BadItemError as error:
+                report.problems.append((key, str(error)))
+                continue
+            if clipped:
+                report.clipped.append(key)
+            example = tf.train.Example(features=tf.train.Features(
+                feature={"image": _bytes_feature(image), "label": _int64_feature(label)}))
+            writers[report.written % shards].write(example.SerializeToString())
+            report.written += 1
+    finally:
+        for writer in writers:
+            writer.close()
+    written = []
+    for part_path, path in zip(part_paths, paths, strict=True):
+        if os.path.getsize(part_path):
+            finish_shard(part_path, path, report.classes)
+            written.append(path)
+        else:
+            os.remove(part_path)
+    if report.class_names is not None:
+        report.class_names_file = write_class_names(output, report.class_names)
+    return written, report
+
+
 def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-D", "--dataset_dir", help="insightface dataset folder holding train.rec / train.idx")
@@ -133,9 +398,18 @@ def parse_arguments(argv=None):
     )
     parser.add_argument("--nuisance", type=float, default=0.5, help="--synthetic: nuisance strength in [0, 1]")
     parser.add_argument("--workers", type=int, default=None, help="--synthetic: processes (default: all cores)")
+    parser.add_argument("--json", help="FFEM image list {relative_path: {label, x1, y1, x2, y2}} to crop into --output")
+    parser.add_argument("--root", default=".", help="--json: folder the image paths are relative to")
+    parser.add_argument("--output", help="--json: output TFRecord, e.g. faces.tfrecord")
+    parser.add_argument("--margin", type=float, default=0.0, help="--json: box growth per side, fraction of its size")
+    parser.add_argument("--size", type=int, default=112, help="--json: output faces are size x size")
+    parser.add_argument("--shards", type=int, default=1, help="--json: number of TFRecord files (default one)")
+    parser.add_argument("--shuffle_seed", type=int, default=None, help="--json: write the entries in a random order")
     args = parser.parse_args(argv)
-    if not args.dataset_dir and not args.synthetic:
-        parser.error("one of -D/--dataset_dir or --synthetic is required")
+    if not args.dataset_dir and not args.synthetic and not args.json:
+        parser.error("one of -D/--dataset_dir, --synthetic or --json is required")
+    if args.json and not args.output:
+        parser.error("--json needs --output name.tfrecord")
     return args
 
 
@@ -155,6 +429,10 @@ def main(argv=None):
             workers=args.workers,
         )
         print(f">>>> synthetic demo: training folder {train_dir}, evaluation pairs {bin_path}")
+    if args.json:
+        paths, report = json_to_tfrecord(args.json, args.root, args.output, args.margin, args.size, args.shards,
+                                         args.shuffle_seed)
+        print("\n".join([f">>>> {args.json}: wrote {', '.join(paths) or 'nothing'}", *report.lines()]))
     if not args.dataset_dir:
         return 0
     if args.test_bins:
