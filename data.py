@@ -16,6 +16,7 @@ with its path, and counted (`skipped_image_count()`); a file that passes but sti
 an epoch short: Keras runs exactly `steps_per_epoch` batches.
 """
 
+import glob
 import hashlib
 import os
 import re
@@ -155,8 +156,6 @@ def pre_process_folder(data_path, image_names_reg=None, image_classes_rule=None,
     if image_names_reg is None and image_classes_rule is None:
         names, classes, _ = scan_folder(data_path, class_order)
     else:
-        import glob
-
         pattern = image_names_reg or os.path.join("*", "*")
         names = sorted(name for name in glob.glob(os.path.join(data_path, pattern)) if is_image_file(name))
         rule = image_classes_rule or ImageClassesRule_map(data_path, class_order=class_order)
@@ -464,20 +463,29 @@ def _decode_and_filter(ds, img_shape, augmenter=None, records_of=None):
     return ds.map(load, num_parallel_calls=AUTOTUNE).filter(is_readable).ignore_errors(log_warning=True)
 
 
-def _epoch_shuffled_source(columns):
-    """An endless stream of the rows of `columns` (arrays of equal length), in a new random order every epoch.
+def _epoch_shuffled_source(columns, epoch_size, seed=None, initial_epoch=0):
+    """An endless stream of the rows of `columns` (arrays of equal length): epoch after epoch, `epoch_size` rows
+    of a new random permutation (a Keras epoch of whole batches; the leftover rows differ every epoch).
 
     Each epoch draws a full permutation and gathers the rows (cheaper per element than a shuffle buffer, and a
-    true uniform shuffle).
+    true uniform shuffle). With an integer `seed`, the permutation of epoch `e` is a stateless function of
+    `(seed, e)`, and the stream starts at epoch `initial_epoch`: a run resumed at epoch `e` reads exactly the
+    images an uninterrupted run reads from epoch `e` on.
     """
     columns = tuple(tf.constant(column) for column in columns)
     count = int(columns[0].shape[0])
 
-    def one_epoch(_):
-        order = tf.random.shuffle(tf.range(count, dtype=tf.int64))
+    def one_epoch(epoch):
+        indices = tf.range(count, dtype=tf.int64)
+        if seed is None:
+            order = tf.random.shuffle(indices)
+        else:
+            epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+            order = tf.random.experimental.stateless_shuffle(indices, seed=epoch_seed)
+        order = order[:epoch_size]
         return tf.data.Dataset.from_tensor_slices(tuple(tf.gather(column, order) for column in columns))
 
-    return tf.data.Dataset.from_tensors(0).repeat().flat_map(one_epoch)
+    return tf.data.Dataset.counter(initial_epoch, dtype=tf.int64).flat_map(one_epoch)
 
 
 def _encode_labels(labels, classes, sparse_label):
@@ -582,25 +590,43 @@ def write_tfrecord_from_folder(data_path, output_path, cache_dir=None, class_ord
     return output_path, len(names), classes
 
 
+def tfrecord_files(path):
+    """The files of a TFRecord path: the path itself, or the sorted matches of a glob pattern such as
+    `faces-*-of-00004.tfrecord` (sharded files); an error naming the pattern when nothing matches."""
+    path = os.fspath(path)
+    if not glob.has_magic(path):
+        return [path]
+    files = sorted(glob.glob(path))
+    if not files:
+        raise FileNotFoundError(f"{path}: no TFRecord file matches this pattern")
+    return files
+
+
 def _first_example(path):
-    """The first `tf.train.Example` of a TFRecord file (eagerly parsed)."""
-    for record in tf.data.TFRecordDataset(os.fspath(path)).take(1):
+    """The first `tf.train.Example` of a TFRecord file (of the first file of a pattern; eagerly parsed)."""
+    first_file = tfrecord_files(path)[0]
+    for record in tf.data.TFRecordDataset(first_file).take(1):
         return tf.train.Example.FromString(record.numpy())
-    raise ValueError(f"{path}: empty TFRecord file")
+    raise ValueError(f"{first_file}: empty TFRecord file")
 
 
 def read_tfrecord_dataset(path):
-    """Open a TFRecord of (image, label) written by `write_tfrecord_from_folder`.
+    """Open a TFRecord of (image, label) written by `write_tfrecord_from_folder` (or shards of one: a glob
+    pattern; each shard's first record holds its own `total`).
 
     Returns `(dataset of (encoded image bytes, int64 label), total, classes)`.
     """
-    features = _first_example(path).features.feature
-    if "image" not in features or "classes" not in features:
-        raise ValueError(f"{path}: not an (image, label) TFRecord (first record lacks 'image' / 'classes')")
-    classes, total = features["classes"].int64_list.value[0], features["total"].int64_list.value[0]
+    total, classes = 0, 0
+    for file in tfrecord_files(path):
+        features = _first_example(file).features.feature
+        if "image" not in features or "classes" not in features:
+            raise ValueError(f"{file}: not an (image, label) TFRecord (first record lacks 'image' / 'classes')")
+        total += features["total"].int64_list.value[0]
+        classes = max(classes, features["classes"].int64_list.value[0])
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
     parse = lambda record: tuple(tf.io.parse_single_example(record, spec).values())  # noqa: E731
-    return tf.data.TFRecordDataset(os.fspath(path)).map(parse, num_parallel_calls=AUTOTUNE), int(total), int(classes)
+    records = tf.data.TFRecordDataset(tfrecord_files(path), num_parallel_reads=AUTOTUNE)
+    return records.map(parse, num_parallel_calls=AUTOTUNE), int(total), int(classes)
 
 
 def write_distill_tfrecord(output_path, image_names, image_classes, embeddings, use_fp16=False):
@@ -717,6 +743,8 @@ def prepare_dataset(
     cache_dir=None,
     sparse_label=False,
     class_order="natural",
+    seed=None,
+    initial_epoch=0,
 ):
     """The training (or evaluation) dataset of a class-per-folder directory, image-list `.npz` or TFRecord.
 
@@ -736,7 +764,9 @@ def prepare_dataset(
     - `teacher_model_interf`: a callable on normalised image batches; see `_finish_batches`;
     - `.npz` data with `embeddings` yields `(images, (embeddings, labels))` for embedding distillation; a
       distillation `.tfrecord` is handed to `prepare_distill_dataset_tfrecord`;
-    - additions: `cache_dir` for the scan cache, `sparse_label` for int labels, `class_order` (see module doc).
+    - additions: `cache_dir` for the scan cache, `sparse_label` for int labels, `class_order` (see module doc);
+      `seed` (int) makes the image order of every epoch a function of `(seed, epoch)` and the batches
+      deterministic, and `initial_epoch` starts the stream at that epoch (exact resume, see `train.Train`).
 
     Returns `(dataset, steps_per_epoch)`; a training dataset repeats forever and `steps_per_epoch = images //
     batch_size`. Returns `(None, None)` when there are no images.
@@ -800,11 +830,11 @@ def prepare_dataset(
         if is_train and shuffle_buffer_size:
             ds = ds.shuffle(shuffle_buffer_size, reshuffle_each_iteration=True).repeat()
         elif is_train:
-            ds = _epoch_shuffled_source(columns)
+            ds = _epoch_shuffled_source(columns, len(names) // batch_size * batch_size, seed, initial_epoch)
         ds = _decode_and_filter(ds, img_shape, augmenter)
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = _finish_batches(ds, classes, augmenter, sparse_label, mixup_alpha, teacher_model_interf, use_embeddings)
-    return _with_options(ds, deterministic=not is_train), len(names) // batch_size
+    return _with_options(ds, deterministic=not is_train or seed is not None), len(names) // batch_size
 
 
 def triplet_batch_order(image_classes, batch_size, image_per_class, rng):

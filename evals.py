@@ -23,7 +23,6 @@ naming the file: the standard benchmarks are 112x112, so a resize usually means 
 import argparse
 import glob
 import os
-import tempfile
 import warnings
 
 import keras
@@ -194,6 +193,97 @@ def evaluate_embeddings(embeddings, issame, embeddings_flip=None, nrof_folds=10,
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Retrieval: Recall@k
+
+RECALL_BLOCK_ELEMENTS = 1 << 24  # similarities held at once by `nearest_neighbours` (64 MiB of float32)
+
+
+def nearest_neighbours(embeddings, max_k, block_elements=RECALL_BLOCK_ELEMENTS):
+    """Indices (N, max_k) of each row's `max_k` most cosine-similar *other* rows, most similar first.
+
+    Computed in blocks of query rows so that at most about `block_elements` similarities exist at a time
+    (100,000 samples: blocks of 167 rows). `max_k` must be below N.
+    """
+    unit = l2_normalize(embeddings).astype(np.float32)
+    count = len(unit)
+    block = max(1, block_elements // count)
+    neighbours = np.empty((count, max_k), dtype=np.int64)
+    for start in range(0, count, block):
+        similarities = unit[start : start + block] @ unit.T
+        rows = np.arange(len(similarities))
+        similarities[rows, start + rows] = -np.inf
+        top = np.argpartition(-similarities, max_k - 1, axis=1)[:, :max_k]
+        order = np.argsort(-np.take_along_axis(similarities, top, axis=1), axis=1, kind="stable")
+        neighbours[start : start + block] = np.take_along_axis(top, order, axis=1)
+    return neighbours
+
+
+def retrieval_hits(embeddings, labels, ks):
+    """`(hits, answerable)` of every sample used as a query against all the others.
+
+    `hits` (N, len(ks)) bool: a sample of the query's class is among its `k` nearest neighbours (all others when
+    `k` >= N); `answerable` (N,) bool: the query's class has another sample (only those count for Recall@k).
+    """
+    labels = np.asarray(labels)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    answerable = counts[inverse.reshape(-1)] > 1
+    hits = np.zeros((len(labels), len(ks)), dtype=bool)
+    if len(labels) < 2:
+        return hits, answerable
+    max_k = min(max(ks), len(labels) - 1)
+    same_class = labels[nearest_neighbours(embeddings, max_k)] == labels[:, None]
+    first_hit = np.where(same_class.any(axis=1), same_class.argmax(axis=1), max_k)
+    hits[:] = first_hit[:, None] < np.minimum(ks, max_k)[None, :]
+    return hits, answerable
+
+
+def recall_at_k(embeddings, labels, k=(1, 5, 10), groups=None, within_groups=False):
+    """Recall@k of nearest-neighbour retrieval: each sample queries all the others by cosine similarity.
+
+    Args:
+        embeddings: (N, D) embeddings (normalised here); labels: N class labels (any comparable values).
+        k: the k values; Recall@k = fraction of queries with a sample of their class among their k nearest.
+        groups: optional N group names (e.g. RFW's African / Asian / Caucasian / Indian) for a per-group breakdown.
+        within_groups: search each group's samples only among that group (as for RFW's per-group subsets);
+            False searches the whole set and only sorts the queries by group.
+
+    Queries whose class has no other sample (in the searched set) cannot hit and are skipped, and counted.
+    Returns a pandas DataFrame: rows `"all"` then each group (natural order), columns `"R@<k>"` (fractions; NaN
+    for a row without queries), `"queries"` (queries counted) and `"skipped"`.
+    """
+    import pandas as pd
+
+    from data import natural_sort_key
+
+    embeddings, labels = np.asarray(embeddings), np.asarray(labels)
+    if embeddings.ndim != 2 or len(embeddings) != len(labels):
+        raise ValueError(f"expected (N, D) embeddings for N={len(labels)} labels, got shape {embeddings.shape}")
+    check_finite(embeddings)
+    ks = sorted({int(value) for value in np.atleast_1d(k)})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"k values must be >= 1, got {k}")
+    groups = None if groups is None else np.asarray(groups).astype(str)
+    if groups is not None and len(groups) != len(labels):
+        raise ValueError(f"{len(groups)} group names for {len(labels)} samples")
+
+    hits, answerable = np.zeros((len(labels), len(ks)), dtype=bool), np.zeros(len(labels), dtype=bool)
+    subsets = [groups == name for name in np.unique(groups)] if within_groups and groups is not None else [
+        np.ones(len(labels), dtype=bool)
+    ]
+    for subset in subsets:
+        hits[subset], answerable[subset] = retrieval_hits(embeddings[subset], labels[subset], ks)
+
+    names = [] if groups is None else sorted(set(groups), key=natural_sort_key)
+    rows = {}
+    for name, members in [("all", np.ones(len(labels), dtype=bool))] + [(g, groups == g) for g in names]:
+        counted = members & answerable
+        recalls = hits[counted].mean(axis=0) if counted.any() else np.full(len(ks), np.nan)
+        rows[name] = {**{f"R@{value}": float(recall) for value, recall in zip(ks, recalls, strict=True)},
+                      "queries": int(counted.sum()), "skipped": int((members & ~answerable).sum())}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Embedding a .bin file
 
 
@@ -232,8 +322,9 @@ class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's pub
     Prints `>>>> <name> evaluation max accuracy: ..., thresh: ..., previous max accuracy: ...` (plus
     `PCA accuray = mean ± std`, the 10-fold accuracy, with `PCA_acc=True`; there is no PCA, the name is the
     original's) and `>>>> Improved = ...` when the accuracy is at least the best so far. Then, with `save_model`,
-    the basic model is saved to `checkpoints/<save_model>_basic_<name>_epoch_<step>_<accuracy>.h5`, replacing the
-    previous best file of this bin. Non-finite embeddings print a message and skip the evaluation.
+    the basic model is saved to `<checkpoint_dir>/<save_model>_basic_<name>_epoch_<step>_<accuracy>.h5`
+    (attribute `checkpoint_dir`, default `checkpoints`), replacing the previous best file of this bin.
+    Non-finite embeddings print a message and skip the evaluation.
 
     Attributes: `test_names` (bin stem), `test_issame`, `steps`, `max_accuracy`, `cur_acc`, `acc_thresh`, `embs`
     (flip-summed raw embeddings of the last run), `tt`/`ff` (sorted positive / negative cosines), `metrics` (the
@@ -251,7 +342,8 @@ class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's pub
         self.steps = int(np.ceil(len(self.bins) / batch_size))
         self.max_accuracy, self.cur_acc, self.acc_thresh = 0.0, 0.0, 0.0
         self.embs, self.tt, self.ff, self.metrics = None, None, None, None
-        self._dataset = None
+        self._dataset, self._embed_function, self._embed_model = None, None, None
+        self.checkpoint_dir = "checkpoints"
 
     def dataset(self):
         """The decoded, batched images (built once, on first use, at the model's input size)."""
@@ -261,14 +353,27 @@ class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's pub
             self._dataset = bin_dataset(self.bins, image_size, self.batch_size)
         return self._dataset
 
+    def embedding_function(self):
+        """A compiled `tf.function` images → float32 embeddings of the current `basic_model` (plus those of the
+        flipped images when `flip`), rebuilt when `basic_model` is replaced."""
+        if self._embed_model is not self.basic_model:
+            model, flip = self.basic_model, self.flip
+
+            def embed(images):
+                embeddings = model(images, training=False)
+                if flip:
+                    embeddings = embeddings + model(tf.image.flip_left_right(images), training=False)
+                return tf.cast(embeddings, tf.float32)
+
+            self._embed_function, self._embed_model = tf.function(embed, reduce_retracing=True), model
+        return self._embed_function
+
     def compute_embeddings(self):
         """Raw embeddings (2N, D) float32 of all images, plus those of the flipped images when `flip`."""
-        embeddings = []
-        for images in tqdm(self.dataset(), "Evaluating " + self.test_names, total=self.steps):
-            emb = self.basic_model(images, training=False)
-            if self.flip:
-                emb = emb + self.basic_model(tf.image.flip_left_right(images), training=False)
-            embeddings.append(keras.ops.convert_to_numpy(emb).astype(np.float32))
+        embed = self.embedding_function()
+        embeddings = [
+            embed(images).numpy() for images in tqdm(self.dataset(), "Evaluating " + self.test_names, total=self.steps)
+        ]
         return np.concatenate(embeddings)
 
     def on_batch_end(self, batch, logs=None):
@@ -309,23 +414,14 @@ class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's pub
                 self.save_best(cur_step)
 
     def save_best(self, cur_step):
-        """Save the basic model as the new best of this bin, then remove the previous best file.
+        """Save the basic model as the new best of this bin in `checkpoint_dir` (atomically: a temporary file
+        renamed into place), then remove the previous best file."""
+        from myCallbacks import save_model_atomic
 
-        The file is written under a temporary `.h5` name in `checkpoints/` and renamed into place, so an
-        interrupted save never leaves a truncated best model.
-        """
-        save_path_base = os.path.join("checkpoints", f"{self.save_model}_basic_{self.test_names}_epoch_")
+        save_path_base = os.path.join(self.checkpoint_dir, f"{self.save_model}_basic_{self.test_names}_epoch_")
         save_path = save_path_base + f"{cur_step}_{self.max_accuracy:f}.h5"
-        os.makedirs("checkpoints", exist_ok=True)
         print(f">>>> Saving model to: {save_path}")
-        handle, temporary = tempfile.mkstemp(prefix=".saving_", suffix=".h5", dir="checkpoints")
-        os.close(handle)
-        try:
-            self.basic_model.save(temporary, include_optimizer=False)
-            os.replace(temporary, save_path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        save_model_atomic(self.basic_model, save_path)
         for old in glob.glob(glob.escape(save_path_base) + "*.h5"):
             if os.path.abspath(old) != os.path.abspath(save_path):
                 os.remove(old)

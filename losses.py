@@ -598,9 +598,9 @@ class CenterLoss(InsightfaceLoss):
     `centers` is a non-trainable (num_classes, emb_shape) variable starting at zeros, or read from
     `initial_file` when that file exists; `save_centers_callback` (only with `initial_file`) writes it back there
     every epoch, and `.keras` model files store it as well. Each call moves the centres of the batch's labels:
-    `c_y -= alpha·(c_y - e)/(n_y + 1)` for every sample (n_y = count of label y in the replica's batch;
-    duplicates add up). Under `tf.distribute` the moves of all replicas are gathered and all applied, which is
-    what the original's `replicas·alpha` scaling of a mean-aggregated update amounted to.
+    `c_y -= alpha·(c_y - e)/(n_y + 1)` for every sample (n_y = count of label y in the global batch;
+    duplicates add up). Under `tf.distribute` labels and moves of all replicas are gathered, so the centres
+    move exactly as in single-device training on the same global batch.
     """
 
     def __init__(self, num_classes, emb_shape=512, alpha=0.5, initial_file=None, **kwargs):
@@ -626,10 +626,11 @@ class CenterLoss(InsightfaceLoss):
         centers_batch = ops.take(self.centers, labels, axis=0)
         loss = self.distance(centers_batch, y_pred)
 
-        same_label = ops.cast(ops.equal(ops.expand_dims(labels, 0), ops.expand_dims(labels, 1)), "float32")
+        all_labels = gather_replicas(labels)
+        same_label = ops.cast(ops.equal(ops.expand_dims(all_labels, 0), ops.expand_dims(labels, 1)), "float32")
         label_counts = ops.sum(same_label, axis=1, keepdims=True)
         step = ops.stop_gradient(self.alpha * (centers_batch - y_pred) / (label_counts + 1))
-        self.centers.value.scatter_sub(tf.IndexedSlices(gather_replicas(step), gather_replicas(labels)))
+        self.centers.value.scatter_sub(tf.IndexedSlices(gather_replicas(step), all_labels))
         return loss
 
     def get_config(self):

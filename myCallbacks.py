@@ -20,12 +20,14 @@ import json
 import math
 import os
 import select
+import shutil
 import sys
 from functools import partial
 from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from heads import VPLUpdateQueue
 from losses import LossRunningValuesLogger
@@ -431,7 +433,8 @@ class My_history(keras.callbacks.Callback):  # noqa: N801 (the original's public
     key containing "accuracy"; several keep their names, e.g. `arcface_accuracy`); every other log key as it is
     (`arcface_loss`, `triplet_embedding_loss`, ...; Keras' `learning_rate` is dropped, `lr` holds it); for each
     eval callback `<bin stem>` = `cur_acc` and `<bin stem>_thresh` = `acc_thresh`; each `custom_obj` entry
-    (name → callable, its mean); `regular_loss` = `sum(model.losses)` when the model has any; and the losses'
+    (name → callable, its mean); `regular_loss` = `sum(model.losses)` (the weight regularisers; `add_loss` values
+    left over from a traced step are skipped) when the model has any; and the losses'
     running values (`losses.LossRunningValuesLogger` keys) unless already in the logs. NaN/inf are written as null.
 
     The file is reloaded at construction when it exists and rewritten atomically at every epoch end. At
@@ -485,8 +488,9 @@ class My_history(keras.callbacks.Callback):  # noqa: N801 (the original's public
             self.append(ee.test_names + "_thresh", ee.acc_thresh)
         for key, fn in self.custom_obj.items():
             self.append(key, np.mean(keras.ops.convert_to_numpy(fn())))
-        if self.model.losses:
-            regular_loss = float(sum(float(keras.ops.convert_to_numpy(ll)) for ll in self.model.losses))
+        eager_losses = [loss for loss in self.model.losses if not tf.is_symbolic_tensor(loss)]
+        if eager_losses:
+            regular_loss = float(sum(float(keras.ops.convert_to_numpy(loss)) for loss in eager_losses))
             self.append("regular_loss", regular_loss)
             if "loss" in logs and self.history["loss"][-1] is not None:
                 self.history["loss"][-1] -= regular_loss
@@ -545,6 +549,17 @@ def save_model_atomic(model, path, save_weights_only=False):
         tmp.unlink(missing_ok=True)
 
 
+def copy_file_atomic(source, destination):
+    """Copy `source` to `destination` through a temporary file in the destination's folder and `os.replace`."""
+    destination = Path(destination)
+    tmp = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, destination)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class ModelCheckpoint(keras.callbacks.Callback):
     """Save the model at every epoch end to `filepath.format(epoch=epoch + 1, **logs)` and to `latest_path`.
 
@@ -579,10 +594,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
         paths = [self.filepath.format(epoch=epoch + 1, **logs)]
         if self.latest_path:
             paths.append(self.latest_path)
-        for path in paths:
-            save_model_atomic(self.model, path, self.save_weights_only)
-            if self.verbose:
-                print(f"\nEpoch {epoch + 1}: saving model to {path}")
+        save_model_atomic(self.model, paths[0], self.save_weights_only)
+        for path in paths[1:]:
+            copy_file_atomic(paths[0], path)
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: saving model to {' and '.join(paths)}")
 
 
 class ExitOnNaN(keras.callbacks.Callback):
