@@ -15,6 +15,9 @@ or step by step, as the original README does::
 Command line: ``python GhostFaceNets.py --summary ghostnetv1 --width 1.3 --strides 2`` prints parameters and MACs.
 """
 
+import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
+
+# isort: split
 import argparse
 import warnings
 

@@ -184,16 +184,22 @@ def extract_gallery_prob_data(data_path, subset, cache_dir=DEFAULT_CACHE_DIR, fo
 
 def keras_model_interf(model_file):
     """Callable: uint8 RGB (B, 112, 112, 3) → embeddings, for a Keras `.h5` / `.keras` file or an in-memory Keras
-    model (input (x−127.5)/128)."""
+    model (input (x−127.5)/128, resized bilinearly when the model has another fixed input size)."""
+    import keras
+
     if isinstance(model_file, str | os.PathLike):
         from GhostFaceNets import load_model
 
         model = load_model(model_file)
     else:
         model = model_file
+    input_size = tuple(model.input_shape[1:3])
 
     def interf(images):
-        return np.asarray(model((np.asarray(images, dtype=np.float32) - 127.5) * 0.0078125, training=False))
+        images = (np.asarray(images, dtype=np.float32) - 127.5) * 0.0078125
+        if None not in input_size and images.shape[1:3] != input_size:
+            images = keras.ops.image.resize(images, input_size, interpolation="bilinear", antialias=False)
+        return np.asarray(model(images, training=False))
 
     return interf
 
@@ -698,9 +704,6 @@ def plot_roc_and_calculate_tpr(scores, names=None, label=None, save_path=None):
     float FAR columns and "AUC", matplotlib figure)`, the figure also saved to `save_path` when given; `(None,
     None)` without labels. Raises ValueError on non-finite scores.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     score_dict, label = load_score_sets(scores, names, label)
@@ -741,9 +744,6 @@ def plot_roc_and_calculate_tpr(scores, names=None, label=None, save_path=None):
 def plot_dir_far_cmc_scores(scores, names=None, save_path=None):
     """DIR (TPIR) against FAR on a log axis for 1:N results; `scores` items are `(fars, tpirs)` pairs or result
     `.npz` files (first entry of `scores` / `names`). Returns the figure (saved to `save_path` when given)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.metrics import auc
 

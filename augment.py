@@ -9,6 +9,9 @@ No Keras preprocessing layers are used: their random ops draw a magnitude from a
 fixed magnitude with a random sign, and a preprocessing layer must never end up inside a model (stack notes).
 """
 
+import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
+
+# isort: split
 import math
 
 import tensorflow as tf

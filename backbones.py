@@ -14,6 +14,9 @@ saved load by name; V1 files of the original carry automatic names and load by l
 reproduces exactly (see :mod:`model_files`).
 """
 
+import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
+
+# isort: split
 import math
 from dataclasses import dataclass
 

@@ -16,6 +16,9 @@ with its path, and counted (`skipped_image_count()`); a file that passes but sti
 an epoch short: Keras runs exactly `steps_per_epoch` batches.
 """
 
+import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
+
+# isort: split
 import glob
 import hashlib
 import os
@@ -921,9 +924,6 @@ def Triplet_dataset(
 
 def show_batch_sample(ds, rows=8, basic_size=1, save_path="batch_sample.png"):
     """Save a grid of the first batch's images (normalised to [−1, 1]) to `save_path` with matplotlib."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     images = next(iter(ds))[0].numpy()

@@ -10,6 +10,9 @@ that `data.prepare_dataset` / `Train.reset_dataset` read as a `data_path`.
 CLI: `python data_drop_top_k.py -M full_model.keras -D dataset_folder [-d dest.npz] [-t 75] [-L 0]`.
 """
 
+import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
+
+# isort: split
 import argparse
 import os
 

@@ -10,6 +10,9 @@ as TPR at FPR 1e-6 … 1e-1 and plotted to a file. `-B` writes a `.bin` of the h
 CLI: `python eval_folder.py -d folder -m model.keras [-b 64] [-S embs.npz] [-B pairs.bin] [-P roc.png]`.
 """
 
+import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
+
+# isort: split
 import argparse
 import os
 
@@ -150,9 +153,6 @@ def tpr_at_fpr(score, label, fpr_points=FPR_POINTS):
 
 def plot_tpr_far(score, label, new_figure=True, label_prefix="", save_path="eval_folder_roc.png"):
     """Print a TPR-at-FPR table and save the ROC (log FPR axis) to `save_path`; returns the table."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
     from sklearn.metrics import auc, roc_curve

@@ -20,6 +20,9 @@ from the model's input size (112x112 when the model accepts any size) is resized
 naming the file: the standard benchmarks are 112x112, so a resize usually means a wrong file.
 """
 
+import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
+
+# isort: split
 import argparse
 import glob
 import os

@@ -22,6 +22,9 @@ key is needed)::
     tt.train([{"loss": losses.ArcfaceLoss(scale=64), "epoch": 10}])
 """
 
+import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
+
+# isort: split
 import keras
 import tensorflow as tf
 from keras import layers, ops

@@ -17,6 +17,9 @@ centre; `VPLUpdateQueue` is the callback that files each batch's embeddings unde
 Heads compute in float32 whatever the global dtype policy (pass `dtype=` to override).
 """
 
+import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
+
+# isort: split
 import keras
 import tensorflow as tf
 from keras import ops

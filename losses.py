@@ -24,6 +24,9 @@ Conventions shared by all classes here:
 The heads (`NormDense`, `NormDenseVPL`, `VPLUpdateQueue`) are defined in `heads.py` and re-exported here.
 """
 
+import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
+
+# isort: split
 import math
 import os
 

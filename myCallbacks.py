@@ -16,6 +16,9 @@ optimizers), `Gently_stop_callback`, and `VPLUpdateQueue` (re-exported from `hea
 Nothing here prints unless asked (`verbose`), except `ExitOnNaN`'s one message and `ModelCheckpoint(verbose=1)`.
 """
 
+import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
+
+# isort: split
 import json
 import math
 import os

@@ -8,6 +8,8 @@
 - `-D dir -T lfw.bin ...`: rewrite those evaluation `.bin` files (names relative to `-D`) in place into a
   plain `[list of bytes, list of bool]` pickle, which our loader and the original code read directly.
 - `--synthetic dir`: build the synthetic demo data set (`dir/train/<id>/<k>.jpg` and `dir/val.bin`).
+- `--synthetic_ijb dir [--subset IJBB|IJBC] [--ijb_ids N]`: build a synthetic IJB-B / IJB-C layout
+  (`dir/<subset>/loose_crop`, `dir/<subset>/meta`) for `IJB_evals.py -d dir -s <subset>`.
 - `--json image_list.json --root DIR --output name.tfrecord [--margin 0.0] [--size 112] [--shards N]`: crop the
   faces of an FFEM image list (`{relative_path: {label, x1, y1, x2, y2}}`) into a TFRecord for `train.Train`,
   with a per-item report of the entries skipped (see `json_to_tfrecord`).
@@ -398,6 +400,10 @@ def parse_arguments(argv=None):
     )
     parser.add_argument("--nuisance", type=float, default=0.5, help="--synthetic: nuisance strength in [0, 1]")
     parser.add_argument("--workers", type=int, default=None, help="--synthetic: processes (default: all cores)")
+    parser.add_argument("--synthetic_ijb", metavar="DIR",
+                        help="write a synthetic IJB layout into DIR (also uses --seed, --nuisance, --workers)")
+    parser.add_argument("--subset", default="IJBB", choices=["IJBB", "IJBC"], help="--synthetic_ijb: file names")
+    parser.add_argument("--ijb_ids", type=int, default=40, help="--synthetic_ijb: subjects (3 templates x 3 images)")
     parser.add_argument("--json", help="FFEM image list {relative_path: {label, x1, y1, x2, y2}} to crop into --output")
     parser.add_argument("--root", default=".", help="--json: folder the image paths are relative to")
     parser.add_argument("--output", help="--json: output TFRecord, e.g. faces.tfrecord")
@@ -406,8 +412,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--shards", type=int, default=1, help="--json: number of TFRecord files (default one)")
     parser.add_argument("--shuffle_seed", type=int, default=None, help="--json: write the entries in a random order")
     args = parser.parse_args(argv)
-    if not args.dataset_dir and not args.synthetic and not args.json:
-        parser.error("one of -D/--dataset_dir, --synthetic or --json is required")
+    if not args.dataset_dir and not args.synthetic and not args.synthetic_ijb and not args.json:
+        parser.error("one of -D/--dataset_dir, --synthetic, --synthetic_ijb or --json is required")
     if args.json and not args.output:
         parser.error("--json needs --output name.tfrecord")
     return args
@@ -429,6 +435,13 @@ def main(argv=None):
             workers=args.workers,
         )
         print(f">>>> synthetic demo: training folder {train_dir}, evaluation pairs {bin_path}")
+    if args.synthetic_ijb:
+        from synthetic_faces import build_ijb_layout
+
+        build_ijb_layout(args.synthetic_ijb, args.subset, seed=args.seed, num_ids=args.ijb_ids,
+                         nuisance=args.nuisance, workers=args.workers)
+        print(f">>>> synthetic {args.subset}: {args.synthetic_ijb}/{args.subset} (evaluate with IJB_evals.py "
+              f"-d {args.synthetic_ijb} -s {args.subset})")
     if args.json:
         paths, report = json_to_tfrecord(args.json, args.root, args.output, args.margin, args.size, args.shards,
                                          args.shuffle_seed)

@@ -50,9 +50,6 @@ def groups_of_files(filenames, mapping, mapping_path):
 
 def plot_recalls(table, save_path):
     """Save a bar plot of the table's Recall@k columns (in %), one bar cluster per row; returns `save_path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     recall_columns = [column for column in table.columns if column.startswith("R@")]

@@ -589,3 +589,137 @@ def pixel_verification_accuracy(images_a, images_b, issame):
     issame = np.asarray(issame, dtype=bool)
     thresholds = np.concatenate([[-np.inf], np.sort(scores)])
     return max(np.mean((scores > threshold) == issame) for threshold in thresholds)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# IJB-B / IJB-C layout
+
+IJB_GALLERY_NAMES = {"IJBB": ("S1", "S2"), "IJBC": ("G1", "G2")}  # the 1:N gallery file suffixes of each subset
+IJB_CSV_HEADER = "TEMPLATE_ID,SUBJECT_ID,FILENAME"
+
+
+def _ijb_paths(out_dir, subset):
+    """The files of an IJB layout, named as `IJB_evals.meta_file_paths` and `gallery_probe_file_paths` read them."""
+    meta, lower = os.path.join(out_dir, subset, "meta"), subset.lower()
+    first, second = IJB_GALLERY_NAMES[subset]
+    return {
+        "images": os.path.join(out_dir, subset, "loose_crop"),
+        "media": os.path.join(meta, f"{lower}_face_tid_mid.txt"),
+        "landmarks": os.path.join(meta, f"{lower}_name_5pts_score.txt"),
+        "pairs": os.path.join(meta, f"{lower}_template_pair_label.txt"),
+        "gallery_1": os.path.join(meta, f"{lower}_1N_gallery_{first}.csv"),
+        "gallery_2": os.path.join(meta, f"{lower}_1N_gallery_{second}.csv"),
+        "probe": os.path.join(meta, f"{lower}_1N_probe_mixed.csv"),
+    }
+
+
+def _ijb_image_name(subject, k):
+    """File name of image k of `subject` in `loose_crop/`."""
+    return f"{subject}_{k}.jpg"
+
+
+def _ijb_image_rows(indices, templates_per_id, images_per_template, rng):
+    """One `(file name, subject, template position, template id, media id)` per image, in file order.
+
+    Subject `i`'s image k is `<i>_<k>.jpg`; its template t (ids 1, 2, ... over all subjects) holds images
+    `t·P … t·P + P − 1` (P = `images_per_template`), cut by `rng` into one media or, with probability 1/2 when
+    P ≥ 2, two medias at a random split point. Media ids are 1, 2, ... over all templates.
+    """
+    rows, template_id, media_id = [], 0, 0
+    for subject in indices:
+        for position in range(templates_per_id):
+            template_id += 1
+            two_medias = images_per_template >= 2 and rng.random() < 0.5
+            split = int(rng.integers(1, images_per_template)) if two_medias else images_per_template
+            for image in range(images_per_template):
+                if image in (0, split):
+                    media_id += 1
+                name = _ijb_image_name(subject, position * images_per_template + image)
+                rows.append((name, subject, position, template_id, media_id))
+    return rows
+
+
+def _write_text(path, lines):
+    """Write `lines` (strings without newline) to `path`, one a line."""
+    with open(path, "w") as file:
+        file.write("".join(line + "\n" for line in lines))
+
+
+def _check_ijb_sizes(subset, num_ids, templates_per_id, images_per_template, num_pairs):
+    """`subset` upper-cased and `num_pairs` (None → every genuine template pair); ValueError on sizes that cannot
+    make a layout with genuine pairs, impostor pairs, two galleries and probes."""
+    subset = str(subset).upper()
+    if subset not in IJB_GALLERY_NAMES:
+        raise ValueError(f"subset must be one of {tuple(IJB_GALLERY_NAMES)}, got {subset!r}")
+    if num_ids < 2 or templates_per_id < 2 or images_per_template < 1:
+        raise ValueError(f"an IJB layout needs num_ids >= 2, templates_per_id >= 2 and images_per_template >= 1, "
+                         f"got {num_ids}, {templates_per_id}, {images_per_template}")
+    genuine = num_ids * templates_per_id * (templates_per_id - 1) // 2
+    num_pairs = genuine if num_pairs is None else int(num_pairs)
+    if not 1 <= num_pairs <= genuine:
+        raise ValueError(f"num_pairs must be in [1, {genuine}] (the genuine template pairs of {num_ids} subjects x "
+                         f"{templates_per_id} templates), got {num_pairs}")
+    return subset, num_pairs
+
+
+def build_ijb_layout(out_dir, subset="IJBB", seed=0, num_ids=40, templates_per_id=3, images_per_template=3,
+                     num_pairs=None, nuisance=0.5, first_index=100000, landmark_jitter=1.0, workers=None):
+    """Write a synthetic IJB-B / IJB-C data set that `IJB_evals.IJB_test(model, out_dir, subset)` evaluates 1:1
+    and 1:N, in place of the licensed data. Returns `out_dir`.
+
+    Subjects are the identities `first_index … first_index + num_ids − 1` rendered with `seed + 1` (like the
+    test identities of `build_demo`, so disjoint from training identities `0 …` of any demo set), each with
+    `templates_per_id` templates of `images_per_template` images. Files, with `S` = subset and `s` = lower case:
+
+    - `S/loose_crop/<subject>_<k>.jpg`: aligned 112x112 JPEGs, image k of the subject (k < templates·images);
+    - `S/meta/s_face_tid_mid.txt`: `name template_id media_id` per image; template ids 1, 2, ...; each template
+      is one media or (probability 1/2) two medias, so media pooling is exercised; media ids 1, 2, ...;
+    - `S/meta/s_name_5pts_score.txt`: `name x1 y1 … x5 y5 score`: the ArcFace template landmarks (pixels)
+      plus a uniform jitter of ±`landmark_jitter` pixels per coordinate, detector score uniform in [0.5, 1);
+    - `S/meta/s_template_pair_label.txt`: `template_1 template_2 label`, `num_pairs` genuine pairs (two
+      templates of one subject, distinct; default: all of them) and as many impostor pairs, shuffled;
+    - 1:N: `S/meta/s_1N_gallery_{S1,S2}.csv` (IJB-B) or `..._{G1,G2}.csv` (IJB-C): the first template of the
+      first `num_ids // 2` subjects, resp. of the others (disjoint subjects); `s_1N_probe_mixed.csv`: every
+      other template, so each probe is mated in exactly one gallery. Header `TEMPLATE_ID,SUBJECT_ID,FILENAME`,
+      one row per image.
+
+    Deterministic: images depend only on `seed`, `first_index`, `num_ids`, the image counts and `nuisance` (not
+    on `workers`; see `make_identities`, `render_identity_images`); media splits, landmarks and scores on
+    `default_rng([seed, 2**31 + 1])`; pairs on `default_rng([seed, 2**31 + 2])`. The subset changes only the
+    file names. Defaults (40 x 3 x 3 = 360 images, 120 + 120 pairs) take about 5 s
+    (rendering: about 0.13 s per subject of 9 images on one core).
+    """
+    from face_align import ARCFACE_TEMPLATE
+
+    subset, num_pairs = _check_ijb_sizes(subset, num_ids, templates_per_id, images_per_template, num_pairs)
+    paths = _ijb_paths(out_dir, subset)
+    for folder in (paths["images"], os.path.dirname(paths["media"])):
+        os.makedirs(folder, exist_ok=True)
+    indices = range(first_index, first_index + num_ids)
+    images = render_identities(seed + 1, indices, templates_per_id * images_per_template, nuisance, None, workers,
+                               f"{subset} identities")
+    rng = np.random.default_rng([seed, 2**31 + 1])
+    rows = _ijb_image_rows(indices, templates_per_id, images_per_template, rng)
+    landmarks = ARCFACE_TEMPLATE.reshape(1, 10) + rng.uniform(-landmark_jitter, landmark_jitter, (len(rows), 10))
+    scores = rng.uniform(0.5, 1.0, len(rows))
+    for subject, jpegs in images.items():
+        for k, data in enumerate(jpegs):
+            with open(os.path.join(paths["images"], _ijb_image_name(subject, k)), "wb") as file:
+                file.write(data)
+
+    _write_text(paths["media"], [f"{name} {template} {media}" for name, _, _, template, media in rows])
+    _write_text(paths["landmarks"], [f"{row[0]} " + " ".join(f"{value:.4f}" for value in points) + f" {score:.4f}"
+                                     for row, points, score in zip(rows, landmarks, scores, strict=True)])
+    template_ids = {(subject, position): template for _, subject, position, template, _ in rows}
+    pairs, issame = make_pairs(indices, templates_per_id, num_pairs, np.random.default_rng([seed, 2**31 + 2]))
+    _write_text(paths["pairs"], [f"{template_ids[first]} {template_ids[second]} {int(same)}"
+                                 for (first, second), same in zip(pairs, issame, strict=True)])
+
+    first_gallery = set(indices[: num_ids // 2])
+    groups = {"gallery_1": [], "gallery_2": [], "probe": []}
+    for name, subject, position, template, _ in rows:
+        group = "probe" if position else "gallery_1" if subject in first_gallery else "gallery_2"
+        groups[group].append(f"{template},{subject},{name}")
+    for group, lines in groups.items():
+        _write_text(paths[group], [IJB_CSV_HEADER, *lines])
+    return out_dir

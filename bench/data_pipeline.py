@@ -17,9 +17,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf
+import data  # first, so the library's TensorFlow settings apply as in real use
 
-import data
+# isort: split
+import tensorflow as tf
 
 
 def images_per_second(ds, batch_size, images):

@@ -1,6 +1,8 @@
-"""Shared test settings: quiet TensorFlow, the TF backend, and the location of the optional shared/ folder."""
+"""Shared test settings: quiet TensorFlow, the TF backend, the library's TensorFlow settings (`runtime_setup`,
+applied before any test module imports TensorFlow), and the location of the optional shared/ folder."""
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -9,6 +11,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+import runtime_setup  # noqa: E402, F401
+
 SHARED_DIR = Path(os.environ.get("GHOSTFACENETS_SHARED", REPO_ROOT.parent / "shared"))
 
 

@@ -733,3 +733,35 @@ def test_multi_worker_strategy_equals_single_device(distributed_runs):
     assert_weights_equal(weights, single_weights, rtol=1e-4, atol=5e-5)
     assert (root / "worker0" / "dist_epoch02.keras").is_file() and (root / "worker0" / "dist_hist.json").is_file()
     assert not list((root / "worker1").glob("dist*"))  # the other worker writes into a private temporary folder
+
+
+def test_remaining_stages_after_a_break_point():
+    """Epochs 0-1 at scale 32, 2-5 at scale 64, then a bottleneck stage: after 3 completed epochs the second
+    stage has 3 epochs left and no optimizer (the restored one continues); the bottleneck stage is kept."""
+    first, second = {"loss": "a", "epoch": 2, "optimizer": "sgd"}, {"loss": "b", "epoch": 4, "optimizer": "sgd"}
+    bottleneck = {"loss": "c", "epoch": 1, "bottleneckOnly": True}
+    assert train.remaining_stages([first, second, bottleneck], 3) == [
+        {"loss": "b", "epoch": 3, "optimizer": None}, bottleneck
+    ]
+    assert train.remaining_stages([first, second], 2) == [second]
+    assert train.remaining_stages([first, second], 6) == []
+    assert train.remaining_stages(first, 0) == [first]
+    assert first["epoch"] == 2 and second["optimizer"] == "sgd"  # the caller's dicts are unchanged
+
+
+def test_build_optimizer_eagerly_creates_the_slots_keras_would():
+    """The eager build gives the optimizer one momentum slot per trainable variable, as Keras' in-step build does,
+    and a model trained after it ends with the same weights as one where Keras built the optimizer itself."""
+    def trained(prebuild):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
+        if prebuild:
+            train.build_optimizer_eagerly(model)
+            assert model.optimizer.built and len(model.optimizer.momentums) == len(model.trainable_variables) == 4
+        data = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+        model.fit(data, data[:, :2], batch_size=4, epochs=2, verbose=0)
+        return model.get_weights()
+
+    for eager, lazy in zip(trained(True), trained(False), strict=True):
+        np.testing.assert_allclose(eager, lazy, rtol=1e-6, atol=1e-7)
