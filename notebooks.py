@@ -25,10 +25,12 @@ CELL_TIMEOUT_S = 900
 
 
 def kernel_environment(workdir):
-    """Environment variables for the kernel: the library on `PYTHONPATH`, Jupyter / IPython state in `workdir`."""
+    """Environment variables for the kernel: the library on `PYTHONPATH`, Jupyter / IPython state in `workdir`
+    (the folders are created)."""
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))}
     for variable in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
         env[variable] = os.path.join(workdir, ".jupyter", variable.lower())
+        os.makedirs(env[variable], exist_ok=True)
     env["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 
