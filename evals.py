@@ -358,7 +358,8 @@ class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's pub
 
     def embedding_function(self):
         """A compiled `tf.function` images → float32 embeddings of the current `basic_model` (plus those of the
-        flipped images when `flip`), rebuilt when `basic_model` is replaced."""
+        flipped images when `flip`), rebuilt when `basic_model` is replaced. Traced once, for any batch size (the
+        last batch of a bin is smaller)."""
         if self._embed_model is not self.basic_model:
             model, flip = self.basic_model, self.flip
 
@@ -368,7 +369,8 @@ class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's pub
                     embeddings = embeddings + model(tf.image.flip_left_right(images), training=False)
                 return tf.cast(embeddings, tf.float32)
 
-            self._embed_function, self._embed_model = tf.function(embed, reduce_retracing=True), model
+            signature = [self.dataset().element_spec]  # (None, H, W, 3) float32
+            self._embed_function, self._embed_model = tf.function(embed, input_signature=signature), model
         return self._embed_function
 
     def compute_embeddings(self):

@@ -225,18 +225,18 @@ def write_centers_of(model, path):
             os.replace(temporary, path)
 
 
-def build_optimizer_eagerly(model):
-    """Create the compiled optimizer's slot variables (momentum, ...) for the trainable variables now, eagerly.
+def build_compiled_state(model, dataset):
+    """Create, before `fit`, the variables Keras would otherwise create inside the first traced train step: the
+    optimizer's slots (momentum, ...) and the state of the compiled losses and metrics, from the shapes of
+    `dataset.element_spec`. Values and training results are the same either way.
 
-    Keras otherwise builds the optimizer inside the first traced train step, where every slot variable is lifted
-    out of the graph one by one: for a GhostFaceNet that doubles the time to the first step (about 45 s -> 24 s for
-    GhostFaceNetV1 width 0.5 on 2 CPU cores). The variables and their values are the same either way.
+    Built lazily, they make TensorFlow trace the train step twice (a function whose first trace creates variables
+    is traced again without them) and lift every slot variable out of the graph one by one: for a GhostFaceNet on
+    a CPU that is most of the time to the first step. This calls Keras' own pre-build (`Trainer._symbolic_build`,
+    what `fit` runs under a distribution strategy), here for every model.
     """
-    optimizer = model.optimizer
-    if optimizer is None or optimizer.built:
-        return
     with model.distribute_strategy.scope():
-        optimizer.build(model.trainable_variables)
+        model._symbolic_build(data_batch=dataset.element_spec)
 
 
 def global_batch_size(batch_size):
@@ -264,13 +264,13 @@ def is_multi_worker():
 
 
 @contextlib.contextmanager
-def multi_worker_fit_workarounds(model, dataset):
+def multi_worker_fit_workarounds(model):
     """Make one `model.fit(dataset)` work under a multi-worker strategy, where Keras 3 (3.15) fails twice
     (keras-team/keras#20585, tensorflow/tensorflow#72388); elsewhere it does nothing:
 
     - before training, Keras all-reduces a whole nested `(images, labels)` batch in one collective call, only
-      to learn the input shapes, which raises: the model, losses, metrics and optimizer are built here from
-      `dataset.element_spec` and Keras' step is skipped;
+      to learn the input shapes, which raises: that step is skipped (`build_compiled_state` has built the model,
+      losses, metrics and optimizer from `dataset.element_spec` before);
     - the per-step logs are averaged with `reduce(MEAN, axis=0)`, which raises on scalars: they are averaged
       over all replicas instead (`axis=None`, the same value).
     """
@@ -286,8 +286,6 @@ def multi_worker_fit_workarounds(model, dataset):
             return keras_reduce(values, strategy, reduction)
         return tf.nest.map_structure(lambda value: strategy.reduce("MEAN", value, axis=None), values)
 
-    with tf.distribute.get_strategy().scope():
-        model._symbolic_build(data_batch=dataset.element_spec)
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
     tf_trainer.reduce_per_replica = reduce_per_replica
     try:
@@ -706,10 +704,10 @@ class Train:
             jit_compile=self.jit_compile,
             steps_per_execution=self.steps_per_execution,
         )
-        build_optimizer_eagerly(self.model)
-        start = 0 if bottleneckOnly else initial_epoch
         dataset = self.arranged_dataset([*emb_kinds, loss_type])
-        with multi_worker_fit_workarounds(self.model, dataset):
+        build_compiled_state(self.model, dataset)
+        start = 0 if bottleneckOnly else initial_epoch
+        with multi_worker_fit_workarounds(self.model):
             self.model.fit(
                 dataset,
                 epochs=start + epoch,

@@ -173,6 +173,8 @@ def test_eval_callback_embeds_prints_and_saves_best(tmp_path, monkeypatch, capsy
     callback.eval_freq = 2
     callback.on_batch_end(2)  # an equal accuracy counts as improved, so the best file is replaced
     assert os.listdir(tmp_path / "checkpoints") == [f"run_basic_tiny_epoch_1_batch_2_{callback.max_accuracy:f}.h5"]
+    # Batches of 8, 8 and 4 images, two evaluations: the embedding function was traced once.
+    assert callback.embedding_function().experimental_get_tracing_count() == 1
 
 
 def test_failed_save_keeps_the_previous_best_and_leaves_no_temporary_file(tmp_path, monkeypatch):

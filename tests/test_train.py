@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import GhostFaceNets
 import losses
@@ -749,19 +750,30 @@ def test_remaining_stages_after_a_break_point():
     assert first["epoch"] == 2 and second["optimizer"] == "sgd"  # the caller's dicts are unchanged
 
 
-def test_build_optimizer_eagerly_creates_the_slots_keras_would():
-    """The eager build gives the optimizer one momentum slot per trainable variable, as Keras' in-step build does,
-    and a model trained after it ends with the same weights as one where Keras built the optimizer itself."""
+def test_build_compiled_state_traces_the_train_step_once_with_the_same_result():
+    """Built before `fit`, the optimizer has one momentum slot per trainable variable and the compiled metric its
+    state, the train step is traced once instead of twice, and training ends with the same weights and metric as
+    when Keras builds everything inside the first step."""
+
     def trained(prebuild):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
-        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
-        if prebuild:
-            train.build_optimizer_eagerly(model)
-            assert model.optimizer.built and len(model.optimizer.momentums) == len(model.trainable_variables) == 4
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse", metrics=["mae"])
         data = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
-        model.fit(data, data[:, :2], batch_size=4, epochs=2, verbose=0)
-        return model.get_weights()
+        dataset = tf.data.Dataset.from_tensor_slices((data, data[:, :2])).batch(4, drop_remainder=True)
+        if prebuild:
+            train.build_compiled_state(model, dataset)
+            assert model.optimizer.built and len(model.optimizer.momentums) == len(model.trainable_variables) == 4
+            assert model.metrics[-1].built
+        traces = []
+        keras_train_step = model.train_step
+        model.train_step = lambda batch: traces.append(1) or keras_train_step(batch)
+        history = model.fit(dataset, epochs=2, verbose=0)
+        return len(traces), model.get_weights(), history.history["mae"]
 
-    for eager, lazy in zip(trained(True), trained(False), strict=True):
+    traces_eager, weights_eager, mae_eager = trained(True)
+    traces_lazy, weights_lazy, mae_lazy = trained(False)
+    assert (traces_eager, traces_lazy) == (1, 2)
+    np.testing.assert_allclose(mae_eager, mae_lazy, rtol=1e-6)
+    for eager, lazy in zip(weights_eager, weights_lazy, strict=True):
         np.testing.assert_allclose(eager, lazy, rtol=1e-6, atol=1e-7)
