@@ -9,11 +9,15 @@ Conventions (as in the original):
 - Images are RGB, decoded to float32 0..255, augmented, then normalised as `(x − 127.5) · 0.0078125`.
 - Labels are one-hot float32 of depth `classes` (or sparse int32 class ids with `sparse_label=True`).
 
+Pipelines read whole batches: one parallel map call reads, checks, decodes and augments the images of a batch,
+so `tf.data`'s per-element cost is paid per batch (about 0.9 of raw `tf.io.decode_jpeg` throughput, see
+`bench/data_pipeline.py`).
+
 Unreadable images: each file is checked when it is read (non-empty, a known image signature, and for JPEG/PNG
-the end-of-image marker present, which catches truncated files). A file that fails is skipped, reported on stderr
-with its path, and counted (`skipped_image_count()`); a file that passes but still fails to decode is dropped by
-`tf.data`'s `ignore_errors` with TensorFlow's warning. Training datasets repeat forever, so skipped files never cut
-an epoch short: Keras runs exactly `steps_per_epoch` batches.
+the end-of-image marker present, which catches truncated files). A file that fails is skipped (its batch is one
+image shorter), reported on stderr with its path, and counted (`skipped_image_count()`); a file that passes but
+still fails to decode makes `tf.data`'s `ignore_errors` drop its whole batch, with TensorFlow's warning. Training
+datasets repeat forever, so skipped files never cut an epoch short: Keras runs exactly `steps_per_epoch` batches.
 """
 
 import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
@@ -38,6 +42,7 @@ CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = "cache"
 RANDAUGMENT_OPS = ["AutoContrast", "Equalize", "Color", "Contrast", "Brightness", "Sharpness", "Cutout"]
 AUTOTUNE = tf.data.AUTOTUNE
+IMAGES_DECODED_IN_PARALLEL = 8  # per batch, inside one map call (`_read_batches`); batches also run in parallel
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -291,8 +296,9 @@ def random_cutout_mask(images, image_shape, probability=0.3, replace=128.0):
 
 
 def random_flip_left_right(image):
-    """Mirror one HxWxC image with probability 1/2."""
-    return tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    """Mirror one HxWxC image with probability 1/2 (reversed along the axes `[1]` or `[]`: no branch)."""
+    mirror = tf.random.uniform([], 0, 2, dtype=tf.int32)
+    return tf.reverse(image, axis=tf.range(1, 1 + mirror))
 
 
 def random_brightness(images, max_delta):
@@ -368,6 +374,11 @@ class RandomProcessImage:
             image = random_flip_left_right(image)
         return image if self.randaug is None else self.randaug.distort(image)
 
+    @property
+    def has_batch_part(self):
+        """Whether `process_batch` changes anything: levels 1 to 99, or the cutout mask."""
+        return 1 <= self.random_status < 100 or self.random_cutout_mask_area > 0
+
     def process_batch(self, images):
         """The batch part on a float32 (B, H, W, 3) batch: brightness, contrast, saturation, crop, clip, mask."""
         level = self.random_status
@@ -423,28 +434,35 @@ def mixup(image, label, alpha=0.4):
 
 
 def _with_options(ds, deterministic):
-    """Set the pipeline's determinism (training runs may deliver parallel results out of order)."""
+    """Prefetch, and set the pipeline's determinism (training runs may deliver parallel results out of order)."""
     options = tf.data.Options()
     options.deterministic = deterministic
-    return ds.with_options(options)
+    return ds.prefetch(AUTOTUNE).with_options(options)
 
 
-def _decode_and_filter(ds, img_shape, augmenter=None, records_of=None):
-    """(source, label, *extra) elements → (uint8 image, label, *extra, ok), unreadable images reported, skipped.
+def _read_batches(ds, img_shape, augmenter=None, records_of=None, finish=None, normalize_each=False):
+    """Batches `(sources (B,), labels (B,), *extra)` → `(uint8 images (b, H, W, 3), labels (b,), *extra)`, b ≤ B,
+    or what `finish` (e.g. `_batch_finisher`) makes of those, computed in the same map call. `normalize_each`:
+    the images come out normalised float32 (`normalize`, applied to each image while it is in the CPU cache,
+    cheaper than a pass over the whole batch).
 
-    `source` is a file path, or already-encoded bytes read from the TFRecord file `records_of`. Reading, the
-    completeness check, decoding and the per-image augmentation run in one parallel map; complete JPEGs take a
-    fast path (`is_complete_jpeg`), other files the full check (`looks_like_complete_image`). Elements keep the
-    label and any extra fields (embeddings, batch ids); the trailing `ok` flag (always True after the filter) is
-    dropped by `_finish_batches`.
+    `source` is a file path, or already-encoded bytes read from the TFRecord file `records_of`. One parallel map
+    call reads, checks, decodes and augments a whole batch (`augmenter.process_image`, per image, in an in-graph
+    loop), so the per-element cost of `tf.data` is paid once per batch, not once per image. Complete JPEGs take a
+    fast path (`is_complete_jpeg`), other files the full check (`looks_like_complete_image`). An image that fails
+    the check is reported on stderr, counted and left out of its batch (with its label and extra fields); a batch
+    holding a file that passes the check but still fails to decode is dropped whole by `ignore_errors`, with
+    TensorFlow's warning.
     """
+    image_spec = tf.TensorSpec((*img_shape, 3), tf.float32 if normalize_each else tf.uint8)
 
-    def load(source, label, *extra):
+    def load_one(source):
         data = tf.io.read_file(source) if records_of is None else source
 
         def decoded(decode=decode_image):
             image = decode(data, img_shape)
-            return (image if augmenter is None else augmenter.process_image(image)), tf.constant(True)
+            image = image if augmenter is None else augmenter.process_image(image)
+            return (normalize(image) if normalize_each else image), tf.constant(True)
 
         def unreadable():
             name = source
@@ -452,31 +470,47 @@ def _decode_and_filter(ds, img_shape, augmenter=None, records_of=None):
                 name = tf.strings.join(
                     [records_of, ": a record of ", tf.strings.as_string(tf.strings.length(data)), " bytes"]
                 )
-            return _report_unreadable(name, img_shape), tf.constant(False)
+            return tf.cast(_report_unreadable(name, img_shape), image_spec.dtype), tf.constant(False)
 
         def full_check():
             return tf.cond(looks_like_complete_image(data), decoded, unreadable)
 
-        image, ok = tf.cond(is_complete_jpeg(data), lambda: decoded(decode_jpeg), full_check)
-        return (image, label, *extra, ok)
+        return tf.cond(is_complete_jpeg(data), lambda: decoded(decode_jpeg), full_check)
 
-    def is_readable(*element):
-        return element[-1]
+    def load_batch(sources, *fields):
+        images, readable = tf.map_fn(
+            load_one, sources, fn_output_signature=(image_spec, tf.TensorSpec([], tf.bool)),
+            parallel_iterations=IMAGES_DECODED_IN_PARALLEL,
+        )
+        fields = tuple(tf.boolean_mask(field, readable) for field in (images, *fields))
+        return fields if finish is None else finish(*fields)
 
-    return ds.map(load, num_parallel_calls=AUTOTUNE).filter(is_readable).ignore_errors(log_warning=True)
+    return ds.map(load_batch, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
 
 
-def _epoch_shuffled_source(columns, epoch_size, seed=None, initial_epoch=0):
-    """An endless stream of the rows of `columns` (arrays of equal length): epoch after epoch, `epoch_size` rows
-    of a new random permutation (a Keras epoch of whole batches; the leftover rows differ every epoch).
+def _augment_each_image(ds, augmenter, finish):
+    """Batches `(images, *fields)` → `finish(augmented images, *fields)`, `augmenter.process_image` applied to
+    every image (per-image draws)."""
 
-    Each epoch draws a full permutation and gathers the rows (cheaper per element than a shuffle buffer, and a
-    true uniform shuffle). With an integer `seed`, the permutation of epoch `e` is a stateless function of
-    `(seed, e)`, and the stream starts at epoch `initial_epoch`: a run resumed at epoch `e` reads exactly the
-    images an uninterrupted run reads from epoch `e` on.
+    def augment(images, *fields):
+        return finish(tf.map_fn(augmenter.process_image, images), *fields)
+
+    return ds.map(augment, num_parallel_calls=AUTOTUNE)
+
+
+def _epoch_shuffled_batches(columns, batch_size, seed=None, initial_epoch=0):
+    """An endless stream of batches of the rows of `columns` (arrays of equal length): epoch after epoch, the
+    `len // batch_size` whole batches of a new random permutation (a Keras epoch; the leftover rows differ every
+    epoch). Each element holds one `(batch_size, ...)` slice per column.
+
+    Each epoch draws a full permutation and gathers the rows (a true uniform shuffle, cheaper than a shuffle
+    buffer). With an integer `seed`, the permutation of epoch `e` is a stateless function of `(seed, e)`, and the
+    stream starts at epoch `initial_epoch`: a run resumed at epoch `e` reads exactly the images an uninterrupted
+    run reads from epoch `e` on.
     """
     columns = tuple(tf.constant(column) for column in columns)
     count = int(columns[0].shape[0])
+    steps = count // batch_size
 
     def one_epoch(epoch):
         indices = tf.range(count, dtype=tf.int64)
@@ -485,10 +519,15 @@ def _epoch_shuffled_source(columns, epoch_size, seed=None, initial_epoch=0):
         else:
             epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
             order = tf.random.experimental.stateless_shuffle(indices, seed=epoch_seed)
-        order = order[:epoch_size]
+        order = tf.reshape(order[: steps * batch_size], (steps, batch_size))
         return tf.data.Dataset.from_tensor_slices(tuple(tf.gather(column, order) for column in columns))
 
     return tf.data.Dataset.counter(initial_epoch, dtype=tf.int64).flat_map(one_epoch)
+
+
+def _steps(images, batch_size, is_train):
+    """Batches per epoch: whole batches for training, every image (the last batch partial) otherwise."""
+    return images // batch_size if is_train else -(-images // batch_size)
 
 
 def _encode_labels(labels, classes, sparse_label):
@@ -498,11 +537,18 @@ def _encode_labels(labels, classes, sparse_label):
     return tf.one_hot(labels, depth=classes, dtype=tf.float32)
 
 
-def _finish_batches(
-    ds, classes, augmenter=None, sparse_label=False, mixup_alpha=0, teacher_model_interf=None, with_embeddings=False
+def _normalizes_each_image(augmenter):
+    """Whether images can be normalised one by one while read: when no batch augmentation follows."""
+    return augmenter is None or not augmenter.has_batch_part
+
+
+def _batch_finisher(
+    classes, augmenter=None, sparse_label=False, mixup_alpha=0, teacher_model_interf=None, with_embeddings=False,
+    normalized=False,
 ):
-    """Batched (uint8 images, class ids[, embeddings]) → augmented (`augmenter.process_batch`) and normalised
-    images with the training targets, prefetched.
+    """The function batch `(uint8 images, class ids[, embeddings])` → augmented (`augmenter.process_batch`) and
+    normalised float32 images with the training targets (`normalized`: the images are normalised already, and
+    `augmenter` has no batch part).
 
     Targets: one-hot (or sparse) labels; mixed up when `0 < mixup_alpha <= 1`; `(embeddings, labels)` for
     distillation data; with a teacher, its output on the normalised images replaces the labels when its width
@@ -511,12 +557,10 @@ def _finish_batches(
     if mixup_alpha > 0 and sparse_label:
         raise ValueError("mixup needs one-hot labels; use sparse_label=False")
 
-    def finish(images, labels, *extra):
-        embeddings = extra[:-1]  # the last field is the `ok` flag of _decode_and_filter
-        images = tf.cast(images, tf.float32)
-        if augmenter is not None:
-            images = augmenter.process_batch(images)
-        images = normalize(images)
+    def finish(images, labels, *embeddings):
+        if not normalized:
+            images = tf.cast(images, tf.float32)
+            images = normalize(images if augmenter is None else augmenter.process_batch(images))
         labels = _encode_labels(labels, classes, sparse_label)
         if 0 < mixup_alpha <= 1:
             images, labels = mixup(images, labels, mixup_alpha)
@@ -529,37 +573,20 @@ def _finish_batches(
             return images, (teacher_output, labels)
         return images, labels
 
-    return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    return finish
 
 
-def _batch_by_id(ds, batch_size):
-    """Batch elements `(image, label, batch_id, ok)` by their batch id, so a skipped image cannot shift later batches.
-
-    Only complete batches are emitted; a batch that lost an image is dropped.
-    """
-    ds = ds.group_by_window(
-        key_func=lambda image, label, batch_id, ok: batch_id,
-        reduce_func=lambda key, window: window.batch(batch_size, drop_remainder=True),
-        window_size=batch_size,
-    )
-    return ds.map(lambda images, labels, batch_ids, ok: (images, labels, ok))
-
-
-def _generator_dataset(make_pass):
-    """An infinite `tf.data` source of `(path, label, batch_id)` from `make_pass()`, called once per pass.
-
-    `make_pass` returns `(paths, labels)` arrays already in batch order; batch ids keep increasing across passes.
-    """
+def _generator_batches(make_pass, batch_size):
+    """An infinite `tf.data` source of `(paths (B,), labels (B,))` batches from `make_pass()`, called once per
+    pass; `make_pass` returns `(paths, labels)` arrays already in batch order, a whole number of batches long."""
 
     def generate():
-        first_batch_id = 0
         while True:
-            paths, labels, batch_ids = make_pass()
-            yield from zip(paths, labels, batch_ids + first_batch_id, strict=True)
-            first_batch_id += int(batch_ids.max()) + 1 if len(batch_ids) else 0
+            paths, labels = make_pass()
+            yield from zip(paths, labels, strict=True)
 
-    signature = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64))
-    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+    signature = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64))
+    return tf.data.Dataset.from_generator(generate, output_signature=signature).batch(batch_size, drop_remainder=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -692,8 +719,9 @@ def prepare_distill_dataset_tfrecord(
     ds = tf.data.TFRecordDataset(os.fspath(data_path)).map(parse, num_parallel_calls=AUTOTUNE)
     ds = ds.shuffle(shuffle_buffer_size or batch_size * 1000).repeat()
     augmenter = RandomProcessImage(img_shape, random_status, random_crop, random_cutout_mask_area)
-    ds = _decode_and_filter(ds, tuple(img_shape[:2]), augmenter).batch(batch_size, drop_remainder=True)
-    ds = _finish_batches(ds, int(classes), augmenter, sparse_label, with_embeddings=True)
+    each = _normalizes_each_image(augmenter)
+    finish = _batch_finisher(int(classes), augmenter, sparse_label, with_embeddings=True, normalized=each)
+    ds = _read_batches(ds.batch(batch_size, drop_remainder=True), tuple(img_shape[:2]), augmenter, None, finish, each)
     return _with_options(ds, deterministic=False), int(total) // batch_size
 
 
@@ -764,7 +792,7 @@ def prepare_dataset(
       buffer of `shuffle_buffer_size`, default 10,000 images); `shuffle_buffer_size`: by default every epoch is
       a full random permutation of the list; a number uses a `tf.data` shuffle buffer of that size instead;
     - `is_train=False`: no shuffling, augmentation, repetition or mixup (for embedding a dataset in order);
-    - `teacher_model_interf`: a callable on normalised image batches; see `_finish_batches`;
+    - `teacher_model_interf`: a callable on normalised image batches; see `_batch_finisher`;
     - `.npz` data with `embeddings` yields `(images, (embeddings, labels))` for embedding distillation; a
       distillation `.tfrecord` is handed to `prepare_distill_dataset_tfrecord`;
     - additions: `cache_dir` for the scan cache, `sparse_label` for int labels, `class_order` (see module doc);
@@ -772,7 +800,8 @@ def prepare_dataset(
       deterministic, and `initial_epoch` starts the stream at that epoch (exact resume, see `train.Train`).
 
     Returns `(dataset, steps_per_epoch)`; a training dataset repeats forever and `steps_per_epoch = images //
-    batch_size`. Returns `(None, None)` when there are no images.
+    batch_size`; with `is_train=False` every image comes once, the last batch may be smaller, and steps is
+    `ceil(images / batch_size)`. Returns `(None, None)` when there are no images.
     """
     img_shape = tuple(img_shape[:2])
     data_path = os.fspath(data_path)
@@ -793,9 +822,11 @@ def prepare_dataset(
         source, total, classes = read_tfrecord_dataset(data_path)
         if is_train:
             source = source.shuffle(shuffle_buffer_size or min(total, 10000)).repeat()
-        ds = _decode_and_filter(source, img_shape, augmenter, data_path).batch(batch_size, drop_remainder=True)
-        ds = _finish_batches(ds, classes, augmenter, sparse_label, mixup_alpha, teacher_model_interf)
-        return _with_options(ds, deterministic=not is_train), total // batch_size
+        each = _normalizes_each_image(augmenter)
+        finish = _batch_finisher(classes, augmenter, sparse_label, mixup_alpha, teacher_model_interf, normalized=each)
+        source = source.batch(batch_size, drop_remainder=is_train)
+        ds = _read_batches(source, img_shape, augmenter, data_path, finish, each)
+        return _with_options(ds, deterministic=not is_train), _steps(total, batch_size, is_train)
 
     names, labels, embeddings, classes, _ = pre_process_folder(
         data_path, image_names_reg, image_classes_rule, cache_dir, class_order
@@ -815,29 +846,34 @@ def prepare_dataset(
 
         def make_pass():
             pass_names, pass_labels = partial_fc_split_pick(names, labels, batch_size, partial_fc_split)
-            return pass_names, pass_labels % sub_classes, np.arange(len(pass_names)) // batch_size
+            return pass_names, pass_labels % sub_classes
 
-        ds = _batch_by_id(_decode_and_filter(_generator_dataset(make_pass), img_shape, augmenter), batch_size)
-        ds = _finish_batches(ds, sub_classes, augmenter, sparse_label, mixup_alpha, teacher_model_interf)
-        return _with_options(ds, deterministic=False), len(picked) // batch_size
+        each = _normalizes_each_image(augmenter)
+        finish = _batch_finisher(sub_classes, augmenter, sparse_label, mixup_alpha, teacher_model_interf, False, each)
+        ds = _read_batches(_generator_batches(make_pass, batch_size), img_shape, augmenter, None, finish, each)
+        return _with_options(ds, deterministic=True), len(picked) // batch_size  # the head follows the shard order
 
     use_embeddings = embeddings is not None and teacher_model_interf is None
     columns = (names, labels, embeddings.astype(np.float32)) if use_embeddings else (names, labels)
+    each = _normalizes_each_image(augmenter) and not cache  # the cache holds the decoded uint8 images
+    finish = _batch_finisher(
+        classes, augmenter, sparse_label, mixup_alpha, teacher_model_interf, use_embeddings, normalized=each
+    )
     ds = tf.data.Dataset.from_tensor_slices(columns)
     if cache:
-        ds = _decode_and_filter(ds, img_shape).cache("" if cache is True else os.fspath(cache))
+        ds = _read_batches(ds.batch(batch_size), img_shape).unbatch().cache("" if cache is True else os.fspath(cache))
         if is_train:
             ds = ds.shuffle(shuffle_buffer_size or 10000).repeat()
-            ds = ds.map(lambda image, *rest: (augmenter.process_image(image), *rest), num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=is_train)
+        ds = _augment_each_image(ds, augmenter, finish) if is_train else ds.map(finish, num_parallel_calls=AUTOTUNE)
+    elif is_train and not shuffle_buffer_size:
+        source = _epoch_shuffled_batches(columns, batch_size, seed, initial_epoch)
+        ds = _read_batches(source, img_shape, augmenter, None, finish, each)
     else:
-        if is_train and shuffle_buffer_size:
+        if is_train:
             ds = ds.shuffle(shuffle_buffer_size, reshuffle_each_iteration=True).repeat()
-        elif is_train:
-            ds = _epoch_shuffled_source(columns, len(names) // batch_size * batch_size, seed, initial_epoch)
-        ds = _decode_and_filter(ds, img_shape, augmenter)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    ds = _finish_batches(ds, classes, augmenter, sparse_label, mixup_alpha, teacher_model_interf, use_embeddings)
-    return _with_options(ds, deterministic=not is_train or seed is not None), len(names) // batch_size
+        ds = _read_batches(ds.batch(batch_size, drop_remainder=is_train), img_shape, augmenter, None, finish, each)
+    return _with_options(ds, deterministic=not is_train or seed is not None), _steps(len(names), batch_size, is_train)
 
 
 def triplet_batch_order(image_classes, batch_size, image_per_class, rng):
@@ -914,11 +950,13 @@ def Triplet_dataset(
 
     def make_pass():
         order = triplet_batch_order(labels, batch_size, image_per_class, rng)
-        return names[order.ravel()], labels[order.ravel()], np.repeat(np.arange(len(order)), order.shape[1])
+        return names[order.ravel()], labels[order.ravel()]
 
     augmenter = RandomProcessImage(img_shape, random_status, random_crop)
-    ds = _batch_by_id(_decode_and_filter(_generator_dataset(make_pass), img_shape, augmenter), batch_size)
-    ds = _finish_batches(ds, classes, augmenter, sparse_label, teacher_model_interf=teacher_model_interf)
+    each = _normalizes_each_image(augmenter)
+    finish = _batch_finisher(classes, augmenter, sparse_label, teacher_model_interf=teacher_model_interf,
+                             normalized=each)
+    ds = _read_batches(_generator_batches(make_pass, batch_size), img_shape, augmenter, None, finish, each)
     return _with_options(ds, deterministic=False), steps
 
 
