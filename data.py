@@ -849,7 +849,9 @@ def prepare_dataset(
             return pass_names, pass_labels % sub_classes
 
         each = _normalizes_each_image(augmenter)
-        finish = _batch_finisher(sub_classes, augmenter, sparse_label, mixup_alpha, teacher_model_interf, False, each)
+        finish = _batch_finisher(
+            sub_classes, augmenter, sparse_label, mixup_alpha, teacher_model_interf, normalized=each
+        )
         ds = _read_batches(_generator_batches(make_pass, batch_size), img_shape, augmenter, None, finish, each)
         return _with_options(ds, deterministic=True), len(picked) // batch_size  # the head follows the shard order
 
