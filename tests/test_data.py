@@ -74,6 +74,14 @@ def test_folder_round_trip(dataset_dir, tmp_path):
     assert steps == 5 and [len(labels) for _, labels in ds] == [5, 5, 5, 5, 4]  # every image, the last batch short
 
 
+def test_normalize_uint8_is_bitwise_the_normalisation_formula():
+    values = np.arange(256, dtype=np.uint8)
+    expected = (values.astype(np.float32) - np.float32(127.5)) * np.float32(0.0078125)
+    result = data.normalize_uint8(tf.constant(values.reshape(16, 16))).numpy().ravel()
+    assert result.dtype == np.float32 and np.array_equal(result, expected)
+    assert np.array_equal(data.normalize(tf.constant(values)).numpy(), expected)
+
+
 def test_scan_order_cache_and_invalidation(dataset_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(dataset_dir, copy)
@@ -136,6 +144,23 @@ def test_random_status_levels(dataset_dir, tmp_path):
             elif level == 1:  # flip, then brightness moves the whole image by one delta within ±12.75
                 delta = image[0, 0, 0] - (left if np.isclose(image[0, 0, 0] - image[0, -1, 0], left - right) else right)
                 assert abs(delta) <= 12.75 * 0.0078125 + 1e-6 and np.isclose(np.ptp(image[0, :, 0]), 10 * 0.0078125)
+
+
+@pytest.mark.parametrize("in_file", [False, True])
+def test_cached_dataset_decodes_once_and_still_flips_and_normalises(dataset_dir, tmp_path, in_file):
+    cache = str(tmp_path / "decoded") if in_file else True
+    ds, steps = data.prepare_dataset(dataset_dir, batch_size=8, random_status=0, cache=cache, cache_dir=tmp_path)
+    assert steps == 3
+    mirrored = []
+    for images, labels in take(ds, 6):  # two passes over the 24 images
+        assert images.shape == (8, 112, 112, 3) and images.dtype == np.float32
+        for image, label in zip(images, labels.numpy(), strict=True):
+            value = class_value(int(np.argmax(label)))
+            mirrored.append(np.allclose(image[:, :56], normalised(value + 10)))
+            assert mirrored[-1] or np.allclose(image[:, :56], normalised(value))
+    assert 0 < sum(mirrored) < len(mirrored)  # each image is flipped at random on every pass
+    if in_file:
+        assert any(name.startswith("decoded") for name in os.listdir(tmp_path))
 
 
 def test_cutout_mask_at_every_random_status(dataset_dir, tmp_path):
