@@ -10,8 +10,8 @@ Conventions (as in the original):
 - Labels are one-hot float32 of depth `classes` (or sparse int32 class ids with `sparse_label=True`).
 
 Pipelines read whole batches: one parallel map call reads, checks, decodes and augments the images of a batch,
-so `tf.data`'s per-element cost is paid per batch (0.7–0.85 of raw `tf.io.decode_jpeg` throughput at
-`random_status=0` on 2 cores, see `bench/data_pipeline.py`).
+so `tf.data`'s per-element cost is paid per batch, and the checks run vectorised over the batch (see
+`_read_batches`; throughput against raw `tf.io.decode_jpeg` in `bench/data_pipeline.py`).
 
 Unreadable images: each file is checked when it is read (non-empty, a known image signature, and for JPEG/PNG
 the end-of-image marker present, which catches truncated files). A file that fails is skipped (its batch is one
@@ -42,6 +42,7 @@ CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = "cache"
 RANDAUGMENT_OPS = ["AutoContrast", "Equalize", "Color", "Contrast", "Brightness", "Sharpness", "Cutout"]
 AUTOTUNE = tf.data.AUTOTUNE
+JPEG_SEGMENTS_SEARCHED = 32  # marker segments `jpeg_sizes` walks before giving up (then images are decoded and resized)
 IMAGES_DECODED_IN_PARALLEL = 8  # per batch, inside one map call (`_read_batches`); batches also run in parallel
 
 
@@ -203,47 +204,66 @@ def skipped_image_count():
     return int(_skip_counter().numpy())
 
 
+def _bytes_at(data, pos, length):
+    """The `length` bytes from byte `pos` of every string in `data` (fewer at the end); `pos` broadcasts."""
+    return tf.strings.substr(data, tf.broadcast_to(pos, tf.shape(data)), tf.fill(tf.shape(data), length))
+
+
 def _tail_contains(data, marker, window=32):
-    """Whether the byte string `marker` occurs in the last `window` bytes of the scalar string tensor `data`."""
-    length = tf.strings.length(data)
-    tail = tf.io.decode_raw(tf.strings.substr(data, tf.maximum(length - window, 0), window), tf.uint8)
-    size, marker_size = tf.shape(tail)[0], len(marker)
-    windows = tf.stack([tail[i : size - marker_size + 1 + i] for i in range(marker_size)], axis=1)
-    return tf.reduce_any(tf.reduce_all(tf.equal(windows, tf.constant(list(marker), tf.uint8)), axis=1))
-
-
-def _ends_with(data, marker):
-    """Whether the scalar string tensor `data` ends with the byte string `marker`."""
-    return tf.equal(tf.strings.substr(data, tf.maximum(tf.strings.length(data) - len(marker), 0), len(marker)), marker)
-
-
-def is_complete_jpeg(data):
-    """The fast check: JPEG signature at the start and the end-of-image marker FFD9 as the last two bytes."""
-    return tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff") & _ends_with(data, b"\xff\xd9")
+    """Whether the byte string `marker` occurs in the last `window` bytes of each string in `data`."""
+    tail = _bytes_at(data, tf.maximum(tf.strings.length(data) - window, 0), window)
+    tail = tf.io.decode_raw(tail, tf.uint8, fixed_length=window)  # (..., window), short strings zero-padded
+    size = window - len(marker) + 1
+    windows = tf.stack([tail[..., i : size + i] for i in range(len(marker))], axis=-1)
+    return tf.reduce_any(tf.reduce_all(tf.equal(windows, tf.constant(list(marker), tf.uint8)), axis=-1), axis=-1)
 
 
 def looks_like_complete_image(data):
-    """In-graph check of encoded image bytes: a known signature, and for JPEG / PNG the end marker near the end
-    (within the last 32 bytes, so files with a few trailing bytes pass). Catches empty, truncated and non-image
-    files; GIF, BMP, WebP and JPEG XL are accepted by signature only."""
-    head = tf.strings.substr(data, 0, 4)
-    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+    """Check encoded image bytes, elementwise over a string tensor of any shape: a known signature, and for JPEG
+    and PNG the end marker within the last 32 bytes (files with a few trailing bytes pass). Catches empty,
+    truncated and non-image files; GIF, BMP, WebP and JPEG XL are accepted by signature only."""
+    head = _bytes_at(data, 0, 4)
+    head_2, head_3 = tf.strings.substr(head, 0, 2), tf.strings.substr(head, 0, 3)
+    is_jpeg = tf.equal(head_3, b"\xff\xd8\xff")
     is_png = tf.equal(head, b"\x89PNG")
-    known_other = tf.reduce_any(
-        [
-            tf.equal(head, b"GIF8"),
-            tf.equal(tf.strings.substr(data, 0, 2), b"BM"),
-            tf.equal(head, b"RIFF"),
-            tf.equal(tf.strings.substr(data, 0, 2), b"\xff\x0a"),
-            tf.equal(head, b"\x00\x00\x00\x0c"),
-        ]
+    known_other = (
+        tf.equal(head, b"GIF8")
+        | tf.equal(head_2, b"BM")
+        | tf.equal(head, b"RIFF")
+        | tf.equal(head_2, b"\xff\x0a")
+        | tf.equal(head, b"\x00\x00\x00\x0c")
     )
     return (is_jpeg & _tail_contains(data, b"\xff\xd9")) | (is_png & _tail_contains(data, b"IEND")) | known_other
 
 
-def decode_jpeg(data, img_shape):
-    """JPEG bytes → uint8 HxWx3 (the fast path of `decode_image` for data known to be JPEG)."""
-    return _to_shape(tf.io.decode_jpeg(data, channels=3), img_shape)
+def _is_frame_marker(marker):
+    """Whether JPEG marker bytes (int32) start a frame header: SOF0–SOF15 (C0–CF) except DHT, JPG and DAC."""
+    return (marker >= 0xC0) & (marker <= 0xCF) & (marker != 0xC4) & (marker != 0xC8) & (marker != 0xCC)
+
+
+def jpeg_sizes(encoded, max_segments=JPEG_SEGMENTS_SEARCHED):
+    """`(height, width)` int32 (B, 2) of each JPEG in the string tensor `encoded` (B,), read from its frame
+    header by walking the marker segments from the start of the file (vectorised over the batch, without decoding).
+    `(0, 0)` where no frame header is found within `max_segments` segments: not a JPEG, truncated, or unusual."""
+    lengths = tf.strings.length(encoded)
+
+    def step(index, pos, sizes, searching):
+        fields = tf.io.decode_raw(_bytes_at(encoded, pos, 9), tf.uint8, fixed_length=9)
+        fields = tf.cast(fields, tf.int32)  # FF, marker, length (2 bytes), precision, height (2), width (2)
+        at_marker = searching & tf.equal(fields[:, 0], 0xFF)
+        is_fill = at_marker & tf.equal(fields[:, 1], 0xFF)
+        is_frame = at_marker & _is_frame_marker(fields[:, 1])
+        frame_size = tf.stack([fields[:, 5] * 256 + fields[:, 6], fields[:, 7] * 256 + fields[:, 8]], axis=1)
+        sizes = tf.where(is_frame[:, None], frame_size, sizes)
+        advance = tf.where(is_fill, 1, 2 + fields[:, 2] * 256 + fields[:, 3])
+        pos = tf.where(at_marker & ~is_frame, tf.minimum(pos + advance, lengths), pos)
+        return index + 1, pos, sizes, at_marker & ~is_frame
+
+    start = (0, tf.minimum(2, lengths), tf.zeros([tf.size(encoded), 2], tf.int32), tf.ones_like(lengths, tf.bool))
+    _, _, sizes, _ = tf.while_loop(
+        lambda index, pos, sizes, searching: (index < max_segments) & tf.reduce_any(searching), step, start
+    )
+    return sizes
 
 
 def decode_image(data, img_shape):
@@ -267,11 +287,17 @@ def tf_imread(file_path, img_shape=None):
     return tf.cast(decode_image(data, img_shape), tf.float32)
 
 
-def _report_unreadable(name, img_shape):
-    """Report an unreadable image on stderr (naming it), count it, and return a placeholder uint8 image."""
-    tf.print("data: skipping unreadable image (truncated, empty or not an image):", name, output_stream=sys.stderr)
-    with tf.control_dependencies([_skip_counter().assign_add(1)]):
-        return tf.zeros((*img_shape, 3), tf.uint8)
+def _drop_unreadable(fields, readable, names):
+    """Leave the unreadable images out of a batch: `fields` (each (B, ...)) keep the rows where `readable` is
+    true. The `names` (B,) of the others are reported on stderr and counted."""
+    bad = tf.boolean_mask(names, tf.logical_not(readable))
+    tf.print(
+        "data: skipping unreadable image(s) (truncated, empty or not an image):",
+        tf.strings.reduce_join(bad, separator=", "),
+        output_stream=sys.stderr,
+    )
+    with tf.control_dependencies([_skip_counter().assign_add(tf.size(bad, tf.int64))]):
+        return tuple(tf.boolean_mask(field, readable) for field in fields)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -296,9 +322,8 @@ def random_cutout_mask(images, image_shape, probability=0.3, replace=128.0):
 
 
 def random_flip_left_right(image):
-    """Mirror one HxWxC image with probability 1/2 (reversed along the axes `[1]` or `[]`: no branch)."""
-    mirror = tf.random.uniform([], 0, 2, dtype=tf.int32)
-    return tf.reverse(image, axis=tf.range(1, 1 + mirror))
+    """Mirror one HxWxC image with probability 1/2."""
+    return tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(image, [1]), lambda: image)
 
 
 def random_brightness(images, max_delta):
@@ -312,12 +337,20 @@ def random_contrast(images, lower, upper):
     return (images - mean) * _per_sample(tf.shape(images)[0], lower, upper) + mean
 
 
+def adjust_saturation(images, factor):
+    """`tf.image.adjust_saturation` without the HSV round trip: scale each pixel's HSV saturation `s` by `factor`
+    (broadcast against `images` (..., H, W, 3)), clipped to [0, 1], keeping hue and value `v` (the channel maximum).
+    With hue and value fixed every channel `c` moves along `v − c`: `c' = v − (v − c) · min(factor, 1 / s)`, where
+    `1 / s = v / (v − min channel)`; pixels with `v <= 0` become grey `v`, as in the HSV formulas."""
+    value = tf.reduce_max(images, axis=-1, keepdims=True)
+    spread = value - tf.reduce_min(images, axis=-1, keepdims=True)
+    scale = tf.where(value > 0, tf.minimum(factor, tf.math.divide_no_nan(value, spread)), 0.0)
+    return value - (value - images) * scale
+
+
 def random_saturation(images, lower, upper):
     """Scale each image's HSV saturation by a factor in [lower, upper), clipped to [0, 1] (tf.image rule)."""
-    hue, saturation, value = tf.unstack(tf.image.rgb_to_hsv(images), axis=-1)
-    factor = _per_sample(tf.shape(images)[0], lower, upper)[..., 0]
-    saturation = tf.clip_by_value(saturation * factor, 0.0, 1.0)
-    return tf.image.hsv_to_rgb(tf.stack([hue, saturation, value], axis=-1))
+    return adjust_saturation(images, _per_sample(tf.shape(images)[0], lower, upper))
 
 
 def random_crop_resize(images, crop_shape, img_shape):
@@ -353,7 +386,7 @@ class RandomProcessImage:
       (`random_cutout_mask`), at every `random_status`, including −1.
 
     Every draw is independent per image. The pipeline runs flip and RandAugment per image (`process_image`, in
-    the parallel decode) and the rest on whole batches (`process_batch`, vectorised); `process(image)` does both.
+    the decode loop) and the rest on whole batches (`process_batch`, vectorised); `process(image)` does both.
     """
 
     def __init__(self, img_shape=(112, 112), random_status=2, random_crop=None, random_cutout_mask_area=0):
@@ -448,48 +481,60 @@ def _with_options(ds, deterministic):
 
 def _read_batches(ds, img_shape, augmenter=None, records_of=None, finish=None):
     """Batches `(sources (B,), labels (B,), *extra)` → `(uint8 images (b, H, W, 3), labels (b,), *extra)`, b ≤ B,
-    or what `finish` (`_batch_finisher`) makes of those, computed in the same map call. When `finish` is given and
-    no batch augmentation follows, each image is normalised (float32) while it is in the CPU cache, which is
-    cheaper than a pass over the whole batch.
+    or what `finish` (`_batch_finisher`) makes of those, computed in the same map call.
 
     `source` is a file path, or already-encoded bytes read from the TFRecord file `records_of`. One parallel map
-    call reads, checks, decodes and augments a whole batch (`augmenter.process_image`, per image, in an in-graph
-    loop), so the per-element cost of `tf.data` is paid once per batch, not once per image. Complete JPEGs take a
-    fast path (`is_complete_jpeg`), other files the full check (`looks_like_complete_image`). An image that fails
-    the check is reported on stderr, counted and left out of its batch (with its label and extra fields); a batch
-    holding a file that passes the check but still fails to decode is dropped whole by `ignore_errors`, with
-    TensorFlow's warning.
+    call handles a whole batch, so the per-element cost of `tf.data` is paid once per batch:
+
+    1. an in-graph loop reads the files;
+    2. `looks_like_complete_image` checks all of them at once; unreadable ones are replaced by a blank JPEG;
+    3. `jpeg_sizes` reads the frame headers of all of them at once; when every image is a JPEG of `img_shape`, a
+       loop decodes (and augments, `augmenter.process_image`) each one with nothing else, otherwise the loop also
+       resizes the images of another size (`decode_image`).
+
+    The loops hold only the per-image work: the same checks run image by image cost several times more. An image
+    that fails the check is reported on stderr, counted and left out of its batch (with its label and extra
+    fields); a batch holding a file that passes the check but still fails to decode is dropped whole by
+    `ignore_errors`, with TensorFlow's warning.
     """
-    normalize_each = finish is not None and (augmenter is None or not augmenter.has_batch_part)
-    image_spec = tf.TensorSpec((*img_shape, 3), tf.float32 if normalize_each else tf.uint8)
+    image_spec = tf.TensorSpec((*img_shape, 3), tf.uint8)
 
-    def load_one(source):
-        data = tf.io.read_file(source) if records_of is None else source
+    def in_loop(fn, elems, signature=image_spec):
+        return tf.map_fn(fn, elems, fn_output_signature=signature, parallel_iterations=IMAGES_DECODED_IN_PARALLEL)
 
-        def decoded(decode=decode_image):
-            image = decode(data, img_shape)
-            image = image if augmenter is None else augmenter.process_image(image)
-            return (normalize_uint8(image) if normalize_each else image), tf.constant(True)
+    def augmented(image):
+        return image if augmenter is None else augmenter.process_image(image)
 
-        def unreadable():
-            name = source
-            if records_of is not None:
-                name = tf.strings.join(
-                    [records_of, ": a record of ", tf.strings.as_string(tf.strings.length(data)), " bytes"]
-                )
-            return tf.cast(_report_unreadable(name, img_shape), image_spec.dtype), tf.constant(False)
+    def decode_known_size(data):
+        return augmented(tf.ensure_shape(tf.io.decode_jpeg(data, channels=3), image_spec.shape))
 
-        def full_check():
-            return tf.cond(looks_like_complete_image(data), decoded, unreadable)
+    def decode_any(data):
+        return augmented(decode_image(data, img_shape))
 
-        return tf.cond(is_complete_jpeg(data), lambda: decoded(decode_jpeg), full_check)
+    def decode_all(encoded):
+        decode = lambda: in_loop(decode_known_size, encoded)  # noqa: E731
+        decode_and_resize = lambda: in_loop(decode_any, encoded)  # noqa: E731
+        return tf.cond(tf.reduce_all(tf.equal(jpeg_sizes(encoded), img_shape)), decode, decode_and_resize)
+
+    def names_of(sources, encoded):
+        if records_of is None:
+            return sources
+        sizes = tf.strings.as_string(tf.strings.length(encoded))
+        return tf.strings.join([records_of, ": a record of ", sizes, " bytes"])
 
     def load_batch(sources, *fields):
-        images, readable = tf.map_fn(
-            load_one, sources, fn_output_signature=(image_spec, tf.TensorSpec([], tf.bool)),
-            parallel_iterations=IMAGES_DECODED_IN_PARALLEL,
-        )
-        fields = tuple(tf.boolean_mask(field, readable) for field in (images, *fields))
+        encoded = sources if records_of is not None else in_loop(tf.io.read_file, sources, tf.string)
+        readable = looks_like_complete_image(encoded)
+        all_readable = tf.reduce_all(readable)
+
+        def blanked():
+            return tf.where(readable, encoded, tf.io.encode_jpeg(tf.zeros(image_spec.shape, tf.uint8)))
+
+        def without_unreadable():
+            return _drop_unreadable(fields, readable, names_of(sources, encoded))
+
+        fields = (decode_all(tf.cond(all_readable, lambda: encoded, blanked)), *fields)
+        fields = tf.cond(all_readable, lambda: fields, without_unreadable)
         return fields if finish is None else finish(*fields)
 
     return ds.map(load_batch, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
@@ -547,9 +592,9 @@ def _encode_labels(labels, classes, sparse_label):
 def _batch_finisher(
     classes, augmenter=None, sparse_label=False, mixup_alpha=0, teacher_model_interf=None, with_embeddings=False
 ):
-    """The function batch `(images, class ids[, embeddings])` → augmented (`augmenter.process_batch`) and
-    normalised float32 images with the training targets. uint8 images are augmented and normalised here; float32
-    ones were normalised image by image by `_read_batches` (then `augmenter` has no batch part).
+    """The function batch `(uint8 images, class ids[, embeddings])` → augmented (`augmenter.process_batch`) and
+    normalised float32 images with the training targets. Without a batch augmentation, normalisation is one op
+    over the uint8 batch (`normalize_uint8`).
 
     Targets: one-hot (or sparse) labels; mixed up when `0 < mixup_alpha <= 1`; `(embeddings, labels)` for
     distillation data; with a teacher, its output on the normalised images replaces the labels when its width
@@ -559,9 +604,10 @@ def _batch_finisher(
         raise ValueError("mixup needs one-hot labels; use sparse_label=False")
 
     def finish(images, labels, *embeddings):
-        if images.dtype == tf.uint8:
-            images = tf.cast(images, tf.float32)
-            images = normalize(images if augmenter is None else augmenter.process_batch(images))
+        if augmenter is None or not augmenter.has_batch_part:
+            images = normalize_uint8(images)
+        else:
+            images = normalize(augmenter.process_batch(tf.cast(images, tf.float32)))
         labels = _encode_labels(labels, classes, sparse_label)
         if 0 < mixup_alpha <= 1:
             images, labels = mixup(images, labels, mixup_alpha)

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 import data
 
@@ -72,6 +73,55 @@ def test_folder_round_trip(dataset_dir, tmp_path):
     assert sparse.dtype == tf.int32 and sparse.shape == (8,)
     ds, steps = data.prepare_dataset(dataset_dir, batch_size=5, is_train=False, cache_dir=tmp_path)
     assert steps == 5 and [len(labels) for _, labels in ds] == [5, 5, 5, 5, 4]  # every image, the last batch short
+
+
+def write_jpeg(path, image, **options):
+    """Save an RGB uint8 image as JPEG with Pillow (`options`: progressive, exif, ...)."""
+    Image.fromarray(image).save(path, "JPEG", quality=95, **options)
+
+
+def test_jpeg_sizes_walks_the_marker_segments(tmp_path):
+    exif = Image.Exif()
+    exif[0x010E] = "a long description " * 40  # a big APP1 segment before the frame header
+    variants = [
+        ((112, 112), {}),
+        ((90, 60), {"progressive": True}),
+        ((33, 44), {"exif": exif.tobytes()}),
+        ((7, 300), {"subsampling": 0}),
+    ]
+    encoded, expected = [], []
+    for k, (size, options) in enumerate(variants):
+        write_jpeg(tmp_path / f"{k}.jpg", np.zeros((*size, 3), np.uint8), **options)
+        encoded.append((tmp_path / f"{k}.jpg").read_bytes())
+        expected.append(list(size))
+    with_fill = encoded[0][:2] + b"\xff\xff" + encoded[0][2:]  # fill bytes before a marker are allowed
+    grey = cv2.imencode(".jpg", np.zeros((20, 30), np.uint8))[1].tobytes()
+    png = cv2.imencode(".png", np.zeros((5, 5, 3), np.uint8))[1].tobytes()
+    encoded += [with_fill, grey, png, b"", b"\xff\xd8\xff", encoded[0][:20]]
+    expected += [[112, 112], [20, 30], [0, 0], [0, 0], [0, 0], [0, 0]]
+    assert data.jpeg_sizes(tf.constant(encoded)).numpy().tolist() == expected
+
+
+def test_jpeg_folder_decodes_exactly_and_resizes_other_sizes(tmp_path):
+    root = tmp_path / "jpegs"
+    for index in range(3):
+        os.makedirs(root / str(index))
+        for k in range(3):
+            write_jpeg(root / str(index) / f"{k}.jpg", make_image(index))
+    paths = sorted(str(path) for path in root.rglob("*.jpg"))
+    expected = [data.normalize(tf.io.decode_jpeg(tf.io.read_file(path))).numpy() for path in paths]
+    ds, _ = data.prepare_dataset(root, batch_size=9, is_train=False, cache_dir=tmp_path)
+    images, labels = next(iter(ds))
+    assert np.array_equal(images.numpy(), np.stack(expected))  # all 112x112 JPEGs: the exact decode
+    assert np.argmax(labels, axis=1).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+    write_jpeg(root / "1" / "1.jpg", cv2.resize(make_image(1), (150, 120)))  # one image of another size
+    ds, _ = data.prepare_dataset(root, batch_size=9, is_train=False, cache_dir=tmp_path)
+    images = next(iter(ds))[0].numpy()
+    assert images.shape == (9, 112, 112, 3)
+    assert np.array_equal(np.delete(images, 4, axis=0), np.delete(np.stack(expected), 4, axis=0))
+    assert np.allclose(images[4][:, :40], normalised(class_value(1)), atol=2 * 0.0078125)
+    assert np.allclose(images[4][:, 72:], normalised(class_value(1) + 10), atol=2 * 0.0078125)
 
 
 def test_normalize_uint8_is_bitwise_the_normalisation_formula():
@@ -161,6 +211,21 @@ def test_cached_dataset_decodes_once_and_still_flips_and_normalises(dataset_dir,
     assert 0 < sum(mirrored) < len(mirrored)  # each image is flipped at random on every pass
     if in_file:
         assert any(name.startswith("decoded") for name in os.listdir(tmp_path))
+
+
+def test_adjust_saturation_matches_the_hsv_round_trip():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-20, 280, (6, 9, 9, 3)).astype(np.float32)  # brightness may leave 0..255 before the clip
+    images[0, 0, 0] = 50  # a grey pixel
+    images[0, 0, 1] = [0, 0, 7]  # a pure blue one
+    images[2, 0, 0] = [-5, -10, -3]  # value <= 0: grey at the value
+    images[1] = rng.uniform(0, 255, (9, 9, 3))
+    factors = np.array([0.0, 0.5, 0.8, 1.0, 1.3, 3.0], np.float32).reshape(6, 1, 1, 1)
+    hue, saturation, value = tf.unstack(tf.image.rgb_to_hsv(images), axis=-1)
+    saturation = tf.clip_by_value(saturation * factors[..., 0], 0.0, 1.0)
+    expected = tf.image.hsv_to_rgb(tf.stack([hue, saturation, value], axis=-1)).numpy()
+    np.testing.assert_allclose(data.adjust_saturation(images, factors).numpy(), expected, atol=1e-3)
+    assert np.allclose(data.adjust_saturation(images[1:2], 0.0), images[1].max(axis=-1, keepdims=True))
 
 
 def test_cutout_mask_at_every_random_status(dataset_dir, tmp_path):
