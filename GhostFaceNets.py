@@ -1,16 +1,20 @@
 """GhostFaceNet face-embedding models: backbone + embedding head, model rewriters, presets and file loading.
 
-Typical use, the published GhostFaceNetV1 (width 1.3, stem stride 1)::
+Typical use, the published GhostFaceNetV1 (width 1.3, stem stride 1):
 
-    import GhostFaceNets
-    basic_model = GhostFaceNets.GhostFaceNetV1(width=1.3, strides=1)
+```python
+import GhostFaceNets
+basic_model = GhostFaceNets.GhostFaceNetV1(width=1.3, strides=1)
+```
 
-or step by step, as the original README does::
+or step by step, as the original README does:
 
-    basic_model = GhostFaceNets.buildin_models("ghostnetv1", dropout=0, emb_shape=512, output_layer="GDC",
-                                               bn_momentum=0.9, bn_epsilon=1e-5, width=1.3, strides=1)
-    basic_model = GhostFaceNets.add_l2_regularizer_2_model(basic_model, weight_decay=5e-4)
-    basic_model = GhostFaceNets.replace_ReLU_with_PReLU(basic_model)
+```python
+basic_model = GhostFaceNets.buildin_models("ghostnetv1", dropout=0, emb_shape=512, output_layer="GDC",
+                                           bn_momentum=0.9, bn_epsilon=1e-5, width=1.3, strides=1)
+basic_model = GhostFaceNets.add_l2_regularizer_2_model(basic_model, weight_decay=5e-4)
+basic_model = GhostFaceNets.replace_ReLU_with_PReLU(basic_model)
+```
 
 Command line: ``python GhostFaceNets.py --summary ghostnetv1 --width 1.3 --strides 2`` prints parameters and MACs.
 """
@@ -19,13 +23,18 @@ import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its i
 
 # isort: split
 import argparse
+import logging
 import warnings
 
 import keras
 from keras import layers, ops
 
 import backbones
+import heads
+import keras_compat
 import model_files
+
+logger = logging.getLogger(__name__)
 
 BUILDIN_BACKBONES = {
     # name: (builder, defaults the original used for this name)
@@ -62,7 +71,7 @@ class GlobalNormAwarePooling(layers.Layer):
 
 
 def print_buildin_models():
-    """Print the backbone names :func:`buildin_models` accepts and the named presets."""
+    """Print the backbone names `buildin_models` accepts and the named presets."""
     print(
         ">>>> buildin_models\n"
         "ghostnetv1 (GhostNetV1, GhostFaceNetV1), ghostnetv2 (GhostNetV2, GhostFaceNetV2),\n"
@@ -216,7 +225,7 @@ def GhostFaceNetV1(width=1.3, strides=1, emb_shape=512, input_shape=(112, 112, 3
     """The published GhostFaceNetV1: PReLU, GDC head with bias, emb 512, BN momentum 0.9 / eps 1e-5, L2 5e-4.
 
     ``GhostFaceNetV1(width=1.3, strides=1)`` has 4,088,812 parameters (strides=2: 4,066,900).
-    ``weight_decay`` is applied as in :func:`add_l2_regularizer_2_model` (0 adds none).
+    ``weight_decay`` is applied as in `add_l2_regularizer_2_model` (0 adds none).
     """
     model = buildin_models("ghostnetv1", dropout=dropout, emb_shape=emb_shape, input_shape=input_shape,
                            output_layer="GDC", bn_momentum=0.9, bn_epsilon=1e-5, use_bias=use_bias, scale=True,
@@ -256,7 +265,7 @@ def set_regularizer(layer, weight_attrs, regularizer):
     variable = getattr(layer, weight_attr, None)
     if variable is None:
         return
-    variable.regularizer = regularizer
+    keras_compat.set_variable_regularizer(variable, regularizer)
     setattr(layer, config_attr, regularizer)
 
 
@@ -296,11 +305,10 @@ def is_relu_layer(layer):
 
 
 def make_activation_layer(target_activation, name, **kwargs):
-    """A new activation layer: PReLU (alpha 0.25, shared over H, W), ``Activation(name)``, or a layer class."""
-    if isinstance(target_activation, str) and target_activation.lower() == "prelu":
-        return layers.PReLU(shared_axes=[1, 2], alpha_initializer=keras.initializers.Constant(0.25), name=name)
+    """A new activation layer named ``name``: `backbones.make_activation` of an activation name ("PReLU":
+    alpha 0.25, shared over H and W), or ``target_activation(name=name, **kwargs)`` for a layer class."""
     if isinstance(target_activation, str):
-        return layers.Activation(target_activation, name=name)
+        return backbones.make_activation(target_activation, name)
     return target_activation(name=name, **kwargs)
 
 
@@ -309,18 +317,21 @@ def replace_ReLU_with_PReLU(model, target_activation="PReLU", **kwargs):
 
     ``target_activation``: "PReLU" (per-channel slope shared over H and W, initialised to 0.25), any Keras
     activation name, or a layer class called with ``kwargs``. Layer names have ``_relu`` replaced by
-    ``_prelu`` (or ``_<activation name>``). All other weights are kept.
+    ``_prelu`` (or ``_<activation name>``). All other weights are kept. Logs one line: how many layers changed.
     """
     suffix = target_activation.lower() if isinstance(target_activation, str) else target_activation.__name__.lower()
+    replaced = []
 
     def replace(layer):
         if not is_relu_layer(layer):
             return layer
+        replaced.append(layer.name)
         new_name = layer.name.replace("_relu", "_" + suffix) if "_relu" in layer.name else layer.name
-        print(f">>>> Convert ReLU: {layer.name} --> {new_name}")
         return make_activation_layer(target_activation, new_name, **kwargs)
 
-    return keras.models.clone_model(model, clone_function=replace)
+    converted = keras.models.clone_model(model, clone_function=replace)
+    logger.info("replace_ReLU_with_PReLU: %d ReLU layers of %s replaced by %s", len(replaced), model.name, suffix)
+    return converted
 
 
 def convert_dtype_policy(model, policy, keep_layer):
@@ -346,7 +357,7 @@ def convert_dtype_policy(model, policy, keep_layer):
 
 def is_float32_output_layer(layer):
     """Layers that must stay float32 under mixed precision: inputs, linear/softmax outputs, cosine heads."""
-    if isinstance(layer, layers.InputLayer) or layer.__class__.__name__.startswith("NormDense"):
+    if isinstance(layer, (layers.InputLayer, heads.NormDense)):
         return True
     return isinstance(layer, layers.Activation) and layer.activation in (keras.activations.linear,
                                                                           keras.activations.softmax)
@@ -421,6 +432,29 @@ def print_model_summary(model, full=False):
     return stats
 
 
+def embedding_model(model, index=None):
+    """The embedding part of a Keras model, as a model: input image → (N, D) embeddings.
+
+    The one rule of the project: the layer at `index` when given, else the last layer named `embedding`; a model
+    without such a layer must itself output (N, D) embeddings. A model whose only output is that layer is returned
+    as it is; otherwise (a training model with heads) the sub-model ending at that layer, named `<name>_basic`.
+    Raises ValueError naming the model when it takes more than one input or has no embedding output.
+    """
+    if len(model.inputs) != 1:
+        raise ValueError(f"model {model.name!r} has {len(model.inputs)} inputs; an embedding model takes one image")
+    names = [layer.name for layer in model.layers]
+    if index is None and "embedding" in names:
+        index = len(names) - 1 - names[::-1].index("embedding")
+    if index is not None:
+        if index in (-1, len(model.layers) - 1) and len(model.outputs) == 1:
+            return model  # also covers cloned models (replace_ReLU_with_PReLU), whose layers belong to two graphs
+        return keras.Model(model.inputs[0], model.layers[index].output, name=model.name + "_basic")
+    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+        raise ValueError(f"model {model.name!r} has no layer named 'embedding' and does not output (N, D) "
+                         f"embeddings: outputs {[tuple(output.shape) for output in model.outputs]}")
+    return model
+
+
 def load_weights(model, path):
     """Load weights from ``path`` into ``model``, accepting files saved by the original Keras-2 code.
 
@@ -434,22 +468,64 @@ def load_weights(model, path):
 
 
 def load_model(path, compile=False):
-    """Open a model file: a ``.keras`` / Keras 3 ``.h5`` saved here, or a whole-model ``.h5`` of the original.
+    """Open a model file: a ``.keras`` / Keras 3 ``.h5`` saved here, a tf-keras ``.keras`` archive, or a
+    whole-model ``.h5`` of the original.
 
     The original's files (Keras 2, GhostFaceNetV1 / V2 basic models such as ``GhostFaceNet_W1.3_S1_ArcFace.h5``)
-    are rebuilt from their stored configuration with :func:`buildin_models` and their weights loaded, so no
-    ``custom_objects`` are needed.
+    are rebuilt from their stored configuration with `buildin_models` and their weights loaded, so no
+    ``custom_objects`` are needed. A tf-keras ``.keras`` archive (deepface users saving their model) is rebuilt
+    from its ``config.json`` with the class paths mapped to Keras 3's, then its weights loaded. A weights-only file
+    (``.weights.h5``, or ``save_weights("x.h5")`` of Keras 2) raises ValueError saying so and how to load it.
     """
+    if model_files.is_weights_only_file(path):
+        raise model_files.weights_only_error(path)
     if model_files.is_original_keras2_model(path):
         return rebuild_original_model(path)
+    if model_files.is_tf_keras_archive(path):
+        return load_tf_keras_model(path, compile)
     return keras.saving.load_model(path, compile=compile)
+
+
+def load_tf_keras_model(path, compile=False):
+    """Open a tf-keras ``.keras`` archive: Keras 3 rebuilds it from its config with the class paths mapped to
+    Keras 3's; when that fails (Keras-2-only settings such as a BatchNormalization ``axis`` list), a GhostFaceNet is
+    rebuilt with `buildin_models` from the stored configuration and the archive's weights loaded."""
+    try:
+        return model_files.load_tf_keras_archive(path, lambda copy: keras.saving.load_model(copy, compile=compile))
+    except ValueError as error:
+        config = model_files.read_archive_config(path)
+        try:
+            candidates = model_files.original_architecture_candidates(path, config)
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise error from None
+        return rebuild_from_candidates(candidates, model_files.read_archive_weights(path, config), path)
+
+
+def save_weights_keras2(model, path):
+    """Save ``model``'s weights to ``path`` (``.h5``) in the layout tf-keras writes for ``save_weights("x.h5")``.
+
+    Layer names are those the original GhostFaceNets builders give (automatic ``conv2d_N`` names for a
+    GhostNetV1 backbone, see `model_files.keras2_layer_names`), so the original code on tf-keras, and
+    deepface's Keras builder, load the file with ``model.load_weights(path)`` (weights are matched by layer order
+    there). `load_weights` reads it back here. Returns ``path``.
+    """
+    if str(path).endswith(".weights.h5") or not str(path).endswith((".h5", ".hdf5")):
+        raise ValueError(f"{path}: a Keras-2 weights file needs a plain .h5 name (tf-keras reads .weights.h5 as "
+                         "Keras 3), e.g. model_keras2.h5")
+    return model_files.write_keras2_weights(model, path)
 
 
 def rebuild_original_model(path):
     """Rebuild the GhostFaceNet stored in an original whole-model ``.h5`` and load its weights."""
-    file_layers = model_files.read_legacy_weights(path)
+    candidates = model_files.original_architecture_candidates(path)
+    return rebuild_from_candidates(candidates, model_files.read_legacy_weights(path), path)
+
+
+def rebuild_from_candidates(candidates, file_layers, path):
+    """The first model built from ``candidates`` (``buildin_models`` keyword arguments) that takes ``file_layers``
+    (``(layer name, arrays)`` read from ``path``) by shape; raises the first candidate's ValueError when none does."""
     first_error = None
-    for build_kwargs in model_files.original_architecture_candidates(path):
+    for build_kwargs in candidates:
         model = buildin_models(**build_kwargs)
         try:
             return model_files.load_legacy_weights(model, file_layers, path)

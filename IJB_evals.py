@@ -25,30 +25,50 @@ Caches (`<subset>_<hash>_meta.npz`, `<subset>_<hash>_gallery_probe.npz`, hash of
 written to `cache_dir` (default `IJB_cache/` in the working directory), never into the data folder, and rebuilt
 when a meta file changed or with `force_reload`.
 
+Bad input: a meta file that is empty, cut mid-line or holds a non-number (or a pair label other than 0 / 1)
+raises ValueError naming the file and the line; before any image is embedded, every image file is checked to
+exist and to end as a complete JPEG / PNG (`check_image_files`), and the first missing or truncated files are
+listed in the error.
+
 CLI: `python IJB_evals.py -m model.keras -d /datasets/ijb -s IJBC [-B] [-N] [-E] [-L] [-R result.npz]`, or
 `-P results*.npz` to only plot saved results. See `parse_arguments`.
 """
 
+import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
+
+# isort: split
 import argparse
 import glob
 import hashlib
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from itertools import product
 
+import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from scipy import sparse
 from tqdm import tqdm
 
-from evals import NonFiniteEmbeddingsError, check_finite, l2_normalize
+from atomic_io import save_figure_atomic, save_npz_atomic
+from embedding import MxnetRunner, OnnxRunner, TorchRunner, embed_images, flip_left_right, load_runner
+from evals import NonFiniteEmbeddingsError, check_finite
 from face_align import align_face
+from image_decode import looks_like_complete_image
+from logs import show_library_logs
+from preprocess import l2_normalize
+
+logger = logging.getLogger(__name__)
 
 SUBSETS = ("IJBB", "IJBC")
 FAR_POINTS = [10**-power for power in range(6, 0, -1)]  # 1e-6 ... 1e-1, the columns of the TAR table
 DEFAULT_CACHE_DIR = "IJB_cache"
+CACHE_FORMAT = "validated-meta-2"  # part of every cache signature: a new value rebuilds the caches
 SCORE_BLOCK_BYTES = 256 * 2**20  # memory of one block of the pair-score matrix product
-IMAGE_CHUNK = 4096  # images per step of the template aggregation
+IMAGE_CHUNK = 4096  # images per step of the template aggregation and of the image file check
+IMAGE_HEAD_BYTES, IMAGE_TAIL_BYTES = 16, 64  # bytes of each image file's start and end `check_image_files` reads
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -95,28 +115,91 @@ def require_files(paths):
         raise FileNotFoundError("missing IJB meta file(s): " + ", ".join(missing))
 
 
+def read_table(path, sep=" ", skiprows=0, dtype=None):
+    """A delimited meta file as a DataFrame without header (pandas' fast reader; blank lines are skipped).
+
+    Raises ValueError naming the file when it holds no row, or when a line has more fields than the first ones.
+    """
+    try:
+        frame = pd.read_csv(path, sep=sep, skiprows=skiprows, header=None, dtype=dtype)
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame()
+    except pd.errors.ParserError as error:
+        raise ValueError(f"{path}: cannot be parsed as a meta file ({error})") from None
+    if frame.empty:
+        raise ValueError(f"{path}: empty file, no rows" + (f" after {skiprows} header line(s)" if skiprows else ""))
+    return frame
+
+
+def line_of_row(path, row, skiprows=0):
+    """`(line number (1-based), fields)` of data row `row` of a meta file: the `row`-th non-blank line after the
+    `skiprows` first lines, as `read_table` counts them."""
+    with open(path, encoding="utf-8", errors="replace") as file:
+        data_lines = ((number, line) for number, line in enumerate(file, 1) if number > skiprows and line.strip())
+        for index, (number, line) in enumerate(data_lines):
+            if index == row:
+                return number, line.strip()
+    return skiprows + row + 1, ""
+
+
+def raise_on_bad_rows(path, bad, expected, sep=" ", skiprows=0):
+    """ValueError naming the file, the line and the fields of the first row where `bad` (rows,) is true, and how
+    many such rows there are; nothing when no row is bad."""
+    bad = np.asarray(bad)
+    if not bad.any():
+        return
+    number, line = line_of_row(path, int(np.argmax(bad)), skiprows)
+    more = np.count_nonzero(bad) - 1
+    raise ValueError(f"{path}, line {number}: expected {expected}, found {line.split(sep)[:16]}"
+                     + (f" ({more} more such lines)" if more else "") + "; is the file cut or damaged?")
+
+
+def numbers_in(frame, columns):
+    """The given columns of `frame` as float64 (rows, columns), NaN where a field is missing or not a number."""
+    return frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+
+
 def read_int_columns(path, columns, sep=" ", skiprows=0):
-    """The given columns of a delimited text file as int64 arrays (a tuple, one per column)."""
-    values = pd.read_csv(path, sep=sep, skiprows=skiprows, header=None).values
-    if values.shape[1] <= max(columns):
-        raise ValueError(f"{path}: expected at least {max(columns) + 1} columns, found {values.shape[1]}")
-    return tuple(values[:, column].astype(np.int64) for column in columns)
+    """The given columns of a delimited meta file as int64 arrays (a tuple, one per column).
+
+    Raises ValueError naming the file when it is empty or has too few columns, and naming the file and line of
+    the first row whose field is missing (a file cut mid-line) or not an integer.
+    """
+    frame = read_table(path, sep, skiprows)
+    if frame.shape[1] <= max(columns):
+        raise ValueError(f"{path}: expected at least {max(columns) + 1} columns, found {frame.shape[1]}")
+    if not all(pd.api.types.is_integer_dtype(frame[column].dtype) for column in columns):
+        values = numbers_in(frame, columns)
+        raise_on_bad_rows(path, ~np.isfinite(values).all(axis=1) | (values != np.round(values)).any(axis=1),
+                          f"{max(columns) + 1} integer fields", sep, skiprows)
+    return tuple(frame[column].to_numpy().astype(np.int64) for column in columns)
+
+
+def read_pairs(path):
+    """`(p1, p2, label)` int64 arrays of a `*_template_pair_label.txt`; ValueError naming the file and line of a
+    cut or non-numeric row, or of a label other than 0 and 1."""
+    p1, p2, label = read_int_columns(path, [0, 1, 2])
+    raise_on_bad_rows(path, (label != 0) & (label != 1), "a pair label 0 or 1 in field 3")
+    return p1, p2, label
 
 
 def read_landmarks(path, image_dir):
-    """(image paths (N,), landmarks (N, 5, 2) float32, detector scores (N,) float32) of a `*_5pts_score.txt`."""
-    records = pd.read_csv(path, sep=" ", header=None, dtype={0: str}).values
-    if records.shape[1] != 12:
+    """(image paths (N,), landmarks (N, 5, 2) float32, detector scores (N,) float32) of a `*_5pts_score.txt`;
+    ValueError naming the file and line of a row with a missing (a file cut mid-line) or non-finite number."""
+    frame = read_table(path, dtype={0: str})
+    if frame.shape[1] != 12:
         raise ValueError(f"{path}: expected 12 columns (name, 10 landmark coordinates, score), "
-                         f"found {records.shape[1]}")
-    img_names = np.array([os.path.join(image_dir, name) for name in records[:, 0]])
-    landmarks = records[:, 1:11].astype(np.float32).reshape(-1, 5, 2)
-    return img_names, landmarks, records[:, 11].astype(np.float32)
+                         f"found {frame.shape[1]}")
+    values = numbers_in(frame, list(range(1, 12)))
+    raise_on_bad_rows(path, ~np.isfinite(values).all(axis=1), "an image name and 11 numbers")
+    img_names = np.array([os.path.join(image_dir, name) for name in frame[0]])
+    return img_names, values[:, :10].astype(np.float32).reshape(-1, 5, 2), values[:, 10].astype(np.float32)
 
 
 def files_signature(paths):
-    """A string that changes when any of `paths` changes (size and modification time)."""
-    return ";".join(f"{path}:{os.path.getsize(path)}:{os.path.getmtime(path)}" for path in paths)
+    """A string that changes when any of `paths` changes (size and modification time) or when the way meta files
+    are read changes (`CACHE_FORMAT`: caches written before the meta files were validated are rebuilt)."""
+    return ";".join([CACHE_FORMAT] + [f"{path}:{os.path.getsize(path)}:{os.path.getmtime(path)}" for path in paths])
 
 
 def cache_file(cache_dir, data_path, subset, kind):
@@ -132,10 +215,7 @@ def cached_arrays(path, signature, build, force_reload=False):
             if str(stored["signature"]) == signature:
                 return {key: stored[key] for key in stored.files if key != "signature"}
     arrays = build()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = path + ".tmp.npz"
-    np.savez(temporary, signature=signature, **arrays)
-    os.replace(temporary, path)
+    save_npz_atomic(path, signature=signature, **arrays)
     return arrays
 
 
@@ -148,7 +228,7 @@ def extract_IJB_data_11(data_path, subset, cache_dir=DEFAULT_CACHE_DIR, force_re
 
     def build():
         templates, medias = read_int_columns(paths["media"], [1, 2])
-        p1, p2, label = read_int_columns(paths["pairs"], [0, 1, 2])
+        p1, p2, label = read_pairs(paths["pairs"])
         img_names, landmarks, face_scores = read_landmarks(paths["landmarks"], paths["images"])
         if len(img_names) != len(templates):
             raise ValueError(f"{paths['landmarks']} lists {len(img_names)} images but {paths['media']} lists "
@@ -182,114 +262,70 @@ def extract_gallery_prob_data(data_path, subset, cache_dir=DEFAULT_CACHE_DIR, fo
 # Models and embeddings
 
 
+# The original's names of the model wrappers: the runners of `embedding` (input uint8 RGB, normalised inside).
+ONNX_model_interf = OnnxRunner
+Torch_model_interf = TorchRunner
+Mxnet_model_interf = MxnetRunner
+
+
 def keras_model_interf(model_file):
-    """Callable: uint8 RGB (B, 112, 112, 3) → embeddings, for a Keras `.h5` / `.keras` file or an in-memory Keras
-    model (input (x−127.5)/128, resized bilinearly when the model has another fixed input size)."""
-    import keras
-
-    if isinstance(model_file, str | os.PathLike):
-        from GhostFaceNets import load_model
-
-        model = load_model(model_file)
-    else:
-        model = model_file
-    input_size = tuple(model.input_shape[1:3])
-
-    def interf(images):
-        images = (np.asarray(images, dtype=np.float32) - 127.5) * 0.0078125
-        if None not in input_size and images.shape[1:3] != input_size:
-            images = keras.ops.image.resize(images, input_size, interpolation="bilinear", antialias=False)
-        return np.asarray(model(images, training=False))
-
-    return interf
-
-
-def optional_import(module, model_file):
-    """Import `module`, or raise ImportError saying which package `model_file` needs."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ImportError(f"{model_file}: evaluating this model needs the optional package {module!r}, "
-                          "which is not installed") from error
-
-
-class ONNX_model_interf:  # noqa: N801 (the original's public name)
-    """Callable: uint8 RGB (B, H, W, 3) → embeddings, for an ONNX file (onnxruntime; NCHW or NHWC input)."""
-
-    def __init__(self, model_file):
-        ort = optional_import("onnxruntime", model_file)
-        self.session = ort.InferenceSession(os.fspath(model_file), providers=["CPUExecutionProvider"])
-        model_input = self.session.get_inputs()[0]
-        self.input_name, self.channels_first = model_input.name, model_input.shape[1] == 3
-        self.output_names = [self.session.get_outputs()[0].name]
-
-    def __call__(self, images):
-        images = (np.asarray(images, dtype=np.float32) - 127.5) * 0.0078125
-        if self.channels_first:
-            images = images.transpose(0, 3, 1, 2)
-        return self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(images)})[0]
-
-
-class Torch_model_interf:  # noqa: N801 (the original's public name)
-    """Callable: uint8 RGB (B, H, W, 3) → embeddings, for a TorchScript file (needs torch; NCHW, (x−127.5)/128)."""
-
-    def __init__(self, model_file):
-        self.torch = optional_import("torch", model_file)
-        self.model = self.torch.jit.load(os.fspath(model_file), map_location="cpu").eval()
-
-    def __call__(self, images):
-        images = (np.asarray(images, dtype=np.float32).transpose(0, 3, 1, 2) - 127.5) * 0.0078125
-        with self.torch.no_grad():
-            return self.model(self.torch.from_numpy(np.ascontiguousarray(images))).numpy()
-
-
-class Mxnet_model_interf:  # noqa: N801 (the original's public name)
-    """Callable: uint8 RGB (B, H, W, 3) → embeddings, for an MXNet checkpoint `"prefix,epoch"` (needs mxnet; raw
-    pixel values, NCHW, output layer `layer`)."""
-
-    def __init__(self, model_file, layer="fc1", image_size=(112, 112)):
-        self.mx = optional_import("mxnet", model_file)
-        prefix, epoch = model_file.split(",")
-        symbol, arg_params, aux_params = self.mx.model.load_checkpoint(prefix, int(epoch))
-        self.model = self.mx.mod.Module(symbol=symbol.get_internals()[layer + "_output"], context=self.mx.cpu(),
-                                        label_names=None)
-        self.model.bind(data_shapes=[("data", (1, 3, *image_size))])
-        self.model.set_params(arg_params, aux_params)
-
-    def __call__(self, images):
-        data = self.mx.nd.array(np.asarray(images, dtype=np.float32).transpose(0, 3, 1, 2))
-        self.model.forward(self.mx.io.DataBatch(data=(data,)), is_train=False)
-        return self.model.get_outputs()[0].asnumpy()
-
-
-def is_keras_model(model):
-    """Whether `model` is an in-memory Keras model (without importing Keras when it was never imported)."""
-    import sys
-
-    return "keras" in sys.modules and isinstance(model, sys.modules["keras"].Model)
+    """The original's name: the `embedding.KerasRunner` of a Keras `.h5` / `.keras` file or in-memory model."""
+    return load_runner(model_file)
 
 
 def model_interface(model_file):
-    """A callable uint8 RGB NHWC batch → embeddings, from a Keras model (normalised input), any other callable
-    (used as it is), or a model path (by its extension: `.h5`/`.keras` Keras, `.onnx` ONNX, `.pt`/`.pth`
-    TorchScript, `prefix,epoch` MXNet)."""
-    if is_keras_model(model_file):
-        return keras_model_interf(model_file)
-    if callable(model_file):
+    """A callable uint8 RGB NHWC batch → embeddings: any callable that is not a Keras model is used as it is,
+    anything else goes through `embedding.load_runner` (a Keras model, or a model path by its extension:
+    `.h5`/`.keras` Keras, `.onnx` ONNX, `.tflite` TFLite, `.pt`/`.pth` TorchScript, `prefix,epoch` MXNet)."""
+    if callable(model_file) and not isinstance(model_file, keras.Model):
         return model_file
-    name = os.fspath(model_file)
-    extension = os.path.splitext(name)[1].lower()
-    if extension in (".h5", ".keras"):
-        return keras_model_interf(name)
-    if extension == ".onnx":
-        return ONNX_model_interf(name)
-    if extension in (".pt", ".pth"):
-        return Torch_model_interf(name)
-    if "," in name:
-        return Mxnet_model_interf(name)
-    raise ValueError(f"{name}: unknown model type; expected .h5/.keras, .onnx, .pt/.pth or 'mxnet_prefix,epoch'")
+    return load_runner(model_file)
+
+
+def image_file_ends(path):
+    """The first `IMAGE_HEAD_BYTES` and last `IMAGE_TAIL_BYTES` bytes of the file at `path` joined (the whole file
+    when it is shorter), or None when it cannot be opened. `image_decode.looks_like_complete_image` reads only
+    the signature at the start and the end marker within the last 32 bytes, so its verdict on these bytes is its
+    verdict on the whole file."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(IMAGE_HEAD_BYTES)
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(size - IMAGE_TAIL_BYTES, len(head)))
+            return head + file.read()
+    except OSError:
+        return None
+
+
+def listed(names, limit=10):
+    """The first `limit` of `names` joined by commas, with ", ..." when there are more."""
+    return ", ".join(str(name) for name in names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def check_image_files(img_names, chunk=IMAGE_CHUNK):
+    """Check every image file before any embedding, so that no embedding work is lost on a bad file.
+
+    Reads the start and end of each file (`image_file_ends`; threads were slower) and checks them with
+    `image_decode.looks_like_complete_image` (a known image signature, and for JPEG / PNG the end marker: a file
+    cut short fails), `chunk` files at a time: about 60 µs per file, half a minute for IJB-C's 469 k images.
+    Raises FileNotFoundError listing the first missing (or unreadable) files and their count, else ValueError
+    listing the first truncated or non-image files and their count.
+    """
+    missing, incomplete = [], []
+    for start in tqdm(range(0, len(img_names), chunk), "Checking images", disable=len(img_names) <= chunk):
+        names = img_names[start:start + chunk]
+        ends = [image_file_ends(name) for name in names]
+        missing += [name for name, data in zip(names, ends, strict=True) if data is None]
+        present = [(name, data) for name, data in zip(names, ends, strict=True) if data is not None]
+        if present:
+            complete = looks_like_complete_image(tf.constant([data for _, data in present])).numpy()
+            incomplete += [name for (name, _), ok in zip(present, complete, strict=True) if not ok]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(img_names)} IJB images are missing or unreadable; nothing "
+                                f"was embedded: {listed(missing)}")
+    if incomplete:
+        raise ValueError(f"{len(incomplete)} of {len(img_names)} IJB images are truncated or not images (no image "
+                         f"signature, or no end marker); nothing was embedded: {listed(incomplete)}")
 
 
 def read_aligned_rgb(img_name, landmark):
@@ -304,16 +340,21 @@ def read_aligned_rgb(img_name, landmark):
 
 def get_embeddings(model_interf, img_names, landmarks, batch_size=64, flip=True, workers=4):
     """Embeddings of the aligned images and of their horizontal flips → `(embs, embs_f)`, float32 (N, D) each
-    (`embs_f` is empty (0,) without `flip`). Images are read and aligned by `workers` threads."""
+    (`embs_f` is empty (0,) without `flip`), kept apart for the F0 / F1 scenarios. `model_interf`: anything
+    `embedding.load_runner` accepts (a callable gets the uint8 RGB batch). Images are read and aligned by
+    `workers` threads. Every file is checked first (`check_image_files`): a missing, truncated or non-image file
+    raises before any image is embedded, naming it."""
+    check_image_files(img_names)
+    runner = load_runner(model_interf)
     embs, embs_f = [], []
     steps = int(np.ceil(len(img_names) / batch_size))
     with ThreadPoolExecutor(workers) as pool:
         for start in tqdm(range(0, len(img_names), batch_size), "Embedding", total=steps):
             stop = start + batch_size
             images = np.stack(list(pool.map(read_aligned_rgb, img_names[start:stop], landmarks[start:stop])))
-            embs.append(np.asarray(model_interf(images), dtype=np.float32))
+            embs.append(embed_images(runner, images, flip=False))
             if flip:
-                embs_f.append(np.asarray(model_interf(images[:, :, ::-1, :]), dtype=np.float32))
+                embs_f.append(embed_images(runner, flip_left_right(images), flip=False))
     return np.concatenate(embs), (np.concatenate(embs_f) if flip else np.array([], dtype=np.float32))
 
 
@@ -329,7 +370,7 @@ def process_embeddings(embs, embs_f=(), use_flip_test=True, use_norm_score=False
     if use_flip_test and len(embs_f):
         features = features + embs_f
     if use_norm_score:
-        features = l2_normalize(features)
+        features = l2_normalize(features)  # float64
     if use_detector_score and face_scores is not None:
         features = features * np.asarray(face_scores, dtype=np.float64)[:, None]
     return features
@@ -423,7 +464,8 @@ def select_templates(features, unique_templates, choose_templates, choose_ids):
     selected = np.zeros((len(chosen), features.shape[1]))
     selected[present] = features[positions[present]]
     if not present.all():
-        print(f">>>> {np.count_nonzero(~present)} of {len(chosen)} 1:N templates have no image; zero features")
+        logger.warning(">>>> %d of %d 1:N templates have no image; zero features", np.count_nonzero(~present),
+                       len(chosen))
     return selected, chosen, np.asarray(choose_ids)[first]
 
 
@@ -542,9 +584,10 @@ class IJB_test:  # noqa: N801 (the original's public name)
     """Embeddings and meta data of IJB-B / IJB-C, and the 1:1 / 1:N evaluations.
 
     Args:
-        model_file: a Keras `.h5` / `.keras` path, an ONNX file, a TorchScript `.pt`/`.pth` or `"mxnet_prefix,
-            epoch"` (those two only when torch / mxnet are installed), or any callable uint8 RGB (B, 112, 112, 3)
-            → embeddings. Ignored when `restore_embs` is given.
+        model_file: a Keras model, a Keras `.h5` / `.keras` path, an ONNX or TFLite file, a TorchScript
+            `.pt`/`.pth` or `"mxnet_prefix,epoch"` (those two only when torch / mxnet are installed), all run by
+            `embedding.load_runner`, or any callable uint8 RGB (B, 112, 112, 3) → embeddings. Ignored when
+            `restore_embs` is given.
         data_path: folder holding `IJBB/` and / or `IJBC/`.
         subset: `"IJBB"` or `"IJBC"`.
         batch_size: images per model call.
@@ -553,7 +596,9 @@ class IJB_test:  # noqa: N801 (the original's public name)
         cache_dir: where the meta caches go.
 
     Attributes: `embs, embs_f, templates, medias, p1, p2, label, face_scores, img_names, landmarks`.
-    Raises FileNotFoundError naming a missing meta file, NonFiniteEmbeddingsError on NaN / inf embeddings.
+    Raises FileNotFoundError naming a missing meta file or listing missing images, ValueError naming a damaged
+    meta file and its line or listing truncated images (both before any embedding), NonFiniteEmbeddingsError on
+    NaN / inf embeddings.
     """
 
     def __init__(self, model_file, data_path, subset, batch_size=64, force_reload=False, restore_embs=None,
@@ -624,7 +669,7 @@ class IJB_test:  # noqa: N801 (the original's public name)
     def run_model_test_1N(self, npoints=100):
         """Open-set identification, probes against gallery 1 and gallery 2 (features N0D1F1).
 
-        Prints the rank-1/5/10 rates and a table of TPIR at FAR 1e-4 … 1; returns `(fars, mean_tpirs, g1_cmc,
+        Logs the rank-1/5/10 rates and a table of TPIR at FAR 1e-4 … 1; returns `(fars, mean_tpirs, g1_cmc,
         g2_cmc)` with `fars` the `far_points_1N(npoints)` grid and `mean_tpirs` the two galleries' average.
         """
         fars = far_points_1N(npoints)
@@ -640,11 +685,11 @@ class IJB_test:  # noqa: N801 (the original's public name)
             results.append(evaluation_1N(probe_feats, gallery_feats, probe_subjects, gallery_subjects, fars))
         (g1_top1, g1_top5, g1_top10, g1_tpir, g1_cmc), (g2_top1, g2_top5, g2_top10, g2_tpir, g2_cmc) = results
         num_probes = len(probe_feats)
-        print(f"[Mean] top1: {(g1_top1 + g2_top1) / num_probes:f}, top5: {(g1_top5 + g2_top5) / num_probes:f}, "
-              f"top10: {(g1_top10 + g2_top10) / num_probes:f}")
+        logger.info(f"[Mean] top1: {(g1_top1 + g2_top1) / num_probes:f}, top5: {(g1_top5 + g2_top5) / num_probes:f}, "
+                    f"top10: {(g1_top10 + g2_top10) / num_probes:f}")
         mean_tpirs = (np.array(g1_tpir) + np.array(g2_tpir)) / 2
         table = pd.DataFrame({"far": fars, "g1_tpir": g1_tpir, "g2_tpir": g2_tpir, "mean_tpir": mean_tpirs})
-        print(markdown_table(table.iloc[np.arange(len(fars))[::max(npoints // 4, 1)]]))
+        logger.info("\n%s", markdown_table(table.iloc[np.arange(len(fars))[::max(npoints // 4, 1)]]))
         return fars, mean_tpirs, g1_cmc, g2_cmc
 
 
@@ -697,19 +742,23 @@ def tpr_at_far_points(label, score, far_points=FAR_POINTS):
 
 
 def plot_roc_and_calculate_tpr(scores, names=None, label=None, save_path=None):
-    """TAR at FAR 1e-6 … 1e-1 and AUC of each score set, printed as a markdown table, and their ROC curves.
+    """TAR at FAR 1e-6 … 1e-1 and AUC of each score set, logged as a markdown table, and their ROC curves.
 
     `scores`: a list of score arrays or file names (see `load_score_sets`); `names`: one per item; `label`: the
     pair labels (taken from an npz or `.txt` in `scores` when None). Returns `(DataFrame indexed by name with
     float FAR columns and "AUC", matplotlib figure)`, the figure also saved to `save_path` when given; `(None,
-    None)` without labels. Raises ValueError on non-finite scores.
+    None)` without labels. Raises ValueError on non-finite scores and on labels without both kinds of pairs.
     """
     import matplotlib.pyplot as plt
 
     score_dict, label = load_score_sets(scores, names, label)
     if label is None:
-        print("Error: Label data is not provided")
+        logger.error("Error: Label data is not provided")
         return None, None
+    kinds = np.unique(np.asarray(label))
+    if kinds.size != 2:
+        raise ValueError(f"the pair labels hold only the value(s) {kinds.tolist()}: a ROC needs both positive (1) "
+                         "and negative (0) pairs")
     rows, curves = {}, {}
     for name, score in score_dict.items():
         score = np.asarray(score, dtype=np.float64)
@@ -719,7 +768,7 @@ def plot_roc_and_calculate_tpr(scores, names=None, label=None, save_path=None):
         rows[name], curves[name] = [*tprs, roc_auc], (fpr, tpr, roc_auc)
     table = pd.DataFrame.from_dict(rows, orient="index", columns=[*FAR_POINTS, "AUC"])
     table.columns.name = "Methods"
-    print(markdown_table(table))
+    logger.info("\n%s", markdown_table(table))
 
     figure = plt.figure()
     for name, (fpr, tpr, roc_auc) in curves.items():
@@ -737,7 +786,7 @@ def plot_roc_and_calculate_tpr(scores, names=None, label=None, save_path=None):
     plt.legend(loc="lower right", fontsize="x-small")
     plt.tight_layout()
     if save_path:
-        figure.savefig(save_path)
+        save_figure_atomic(figure, save_path)
     return table, figure
 
 
@@ -765,7 +814,7 @@ def plot_dir_far_cmc_scores(scores, names=None, save_path=None):
     plt.legend(fontsize="x-small")
     plt.tight_layout()
     if save_path:
-        figure.savefig(save_path)
+        save_figure_atomic(figure, save_path)
     return figure
 
 
@@ -777,7 +826,7 @@ def parse_arguments(argv=None):
     """Command-line options of `python IJB_evals.py` (the original's flags)."""
     parser = argparse.ArgumentParser(description="IJB-B / IJB-C 1:1 verification and 1:N identification.")
     parser.add_argument("-m", "--model_file", default=None,
-                        help="model: .h5/.keras, .onnx, .pt/.pth (torch) or 'mxnet_prefix,epoch' (mxnet)")
+                        help="model: .h5/.keras, .onnx, .tflite, .pt/.pth (torch) or 'mxnet_prefix,epoch' (mxnet)")
     parser.add_argument("-d", "--data_path", default="./", help="folder containing IJBB/ and IJBC/")
     parser.add_argument("-s", "--subset", default="IJBB", help="IJBB or IJBC")
     parser.add_argument("-b", "--batch_size", type=int, default=128, help="embedding batch size")
@@ -810,41 +859,55 @@ def plot_only(args):
     return plot_roc_and_calculate_tpr(files, save_path="IJB_11_roc.png")
 
 
-def main(argv=None):
-    """CLI entry: evaluate, write the result npz, print the table and save the plot next to the result."""
-    args = parse_arguments(argv)
-    if args.plot_only:
-        return plot_only(args)
-    kind = "1N" if args.is_one_2_N else "11"
-    if args.model_file is None and "{model_name}" in args.save_result:
-        print("Specify a model file with -m, or a saved result with embeddings with -R (see -h)")
-        return None
-    name = model_name_of(args.model_file) if args.model_file else os.path.splitext(
-        os.path.basename(args.save_result))[0]
-    save_result = args.save_result.format(model_name=name, subset=args.subset, kind=kind)
-    os.makedirs(os.path.dirname(save_result) or ".", exist_ok=True)
-    try:
-        tt = IJB_test(args.model_file, args.data_path, args.subset, args.batch_size, args.force_reload,
-                      restore_embs=None if args.model_file else save_result, cache_dir=args.cache_dir)
-    except (NonFiniteEmbeddingsError, FileNotFoundError) as error:
-        raise SystemExit(f"IJB_evals: {error}") from None
-    if args.save_embeddings:  # saved right away, so a crash later keeps them
-        np.savez(save_result, embs=tt.embs, embs_f=tt.embs_f)
+def evaluate_scores(tt, args, name):
+    """`(scores, names)` of the CLI's evaluation: the 1:N DIR curve (`-N`), all 8 scenarios (`-B`) or N0D1F1."""
     if args.is_one_2_N:
         fars, tpirs, _, _ = tt.run_model_test_1N()
-        scores, names = [np.stack([fars, tpirs])], [name]
-    elif args.is_bunch:
+        return [np.stack([fars, tpirs])], [name]
+    if args.is_bunch:
         scores, names = tt.run_model_test_bunch()
-        names = [f"{name}_{scenario}" for scenario in names]
-    else:
-        scores, names = [tt.run_model_test_single()], [name]
+        return scores, [f"{name}_{scenario}" for scenario in names]
+    return [tt.run_model_test_single()], [name]
+
+
+def result_arrays(tt, args, scores, names):
+    """The arrays of the result `.npz`: `scores`, `names`, plus `embs`/`embs_f` with `-E` and `label` with `-L`."""
     items = {"scores": np.stack(scores), "names": np.array(names)}
     if args.save_embeddings:
         items.update(embs=tt.embs, embs_f=tt.embs_f)
     if args.save_label:
         items["label"] = tt.label
+    return items
+
+
+def open_test(args, save_result):
+    """The `IJB_test` of the CLI's options (embeddings restored from `save_result` without `-m`); SystemExit with
+    the message on a missing file, a damaged meta file or image, or non-finite embeddings."""
+    try:
+        return IJB_test(args.model_file, args.data_path, args.subset, args.batch_size, args.force_reload,
+                        restore_embs=None if args.model_file else save_result, cache_dir=args.cache_dir)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"IJB_evals: {error}") from None
+
+
+def main(argv=None):
+    """CLI entry: evaluate, write the result npz, print the table and save the plot next to the result."""
+    args = parse_arguments(argv)
+    show_library_logs()
+    if args.plot_only:
+        return plot_only(args)
+    if args.model_file is None and "{model_name}" in args.save_result:
+        print("Specify a model file with -m, or a saved result with embeddings with -R (see -h)")
+        return None
+    name = model_name_of(args.model_file) if args.model_file else os.path.splitext(
+        os.path.basename(args.save_result))[0]
+    save_result = args.save_result.format(model_name=name, subset=args.subset, kind="1N" if args.is_one_2_N else "11")
+    tt = open_test(args, save_result)
+    if args.save_embeddings:  # saved right away, so a crash later keeps them
+        save_npz_atomic(save_result, embs=tt.embs, embs_f=tt.embs_f)
+    scores, names = evaluate_scores(tt, args, name)
     if args.model_file is not None or args.save_embeddings:
-        np.savez(save_result, **items)
+        save_npz_atomic(save_result, **result_arrays(tt, args, scores, names))
         print(f">>>> Saved result: {save_result}")
     plot_path = os.path.splitext(save_result)[0] + ".png"
     if args.is_one_2_N:

@@ -1,9 +1,17 @@
-"""RandAugment and AutoAugment on uint8 HxWx3 images, written with TensorFlow ops so they run inside `tf.data`.
+"""All training augmentation, written with TensorFlow ops so it runs inside `tf.data`: RandAugment and AutoAugment
+on uint8 HxWx3 images, the per-batch ops (brightness, contrast, saturation, crop, cutout mask), the training
+augmenter `RandomProcessImage` that the dataset builders use, and mixup.
 
 The op list, the level→argument mapping (`MAX_LEVEL = 10`) and the named AutoAugment policies follow the
 original `augment.py` (itself the TF Model Garden version of the AutoAugment / RandAugment papers). Every op takes
 and returns a uint8 image. Geometric ops (Rotate, ShearX/Y, TranslateX/Y) use nearest-neighbour sampling and
 fill uncovered pixels with grey 128, as do Cutout patches.
+
+Randomness is stateless: every random function takes a `seed` (a (2,) int tensor for the
+`tf.random.stateless_*` ops) and gives the same draw for the same seed; with `seed=None` a fresh seed is drawn
+from TensorFlow's global generator. The dataset readers derive one seed per batch and one per image
+(`seeds.batch_seed`, `seeds.image_seeds`), and each op one per draw (`seeds.op_seed`), so a seeded pipeline yields
+the same batches on every run, whatever the order in which its parallel calls run.
 
 No Keras preprocessing layers are used: their random ops draw a magnitude from a range, whereas these ops apply a
 fixed magnitude with a random sign, and a preprocessing layer must never end up inside a model (stack notes).
@@ -15,6 +23,8 @@ import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its i
 import math
 
 import tensorflow as tf
+
+from seeds import op_seed, seed_or_fresh
 
 MAX_LEVEL = 10.0
 FILL_VALUE = 128
@@ -31,11 +41,12 @@ def blend(image1, image2, factor):
     return tf.cast(tf.clip_by_value(blended, 0.0, 255.0), tf.uint8)
 
 
-def cutout(image, pad_size, replace=0):
-    """Fill a `2·pad_size` square (clipped at the borders) centred at a uniformly random pixel with `replace`."""
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    centre_y = tf.random.uniform([], 0, height, dtype=tf.int32)
-    centre_x = tf.random.uniform([], 0, width, dtype=tf.int32)
+def cutout(image, pad_size, replace=0, seed=None):
+    """Fill a `2·pad_size` square (clipped at the borders) centred at a uniformly random pixel with `replace`
+    (`seed`: (2,) int seed of the draw, None for a fresh one)."""
+    height, width, seed = tf.shape(image)[0], tf.shape(image)[1], seed_or_fresh(seed)
+    centre_y = tf.random.stateless_uniform([], op_seed(seed, 0), 0, height, dtype=tf.int32)
+    centre_x = tf.random.stateless_uniform([], op_seed(seed, 1), 0, width, dtype=tf.int32)
     rows = tf.range(height)[:, None]
     columns = tf.range(width)[None, :]
     inside = (
@@ -203,22 +214,24 @@ FILLING_OPS = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout
 # Level -> argument
 
 
-def _random_sign(value):
-    """`value` or `−value` with equal probability (a scalar tensor)."""
-    return tf.where(tf.random.uniform([]) < 0.5, tf.cast(value, tf.float32), -tf.cast(value, tf.float32))
+def _random_sign(value, seed=None):
+    """`value` or `−value` with equal probability (a scalar tensor; `seed` (2,) int or None)."""
+    negative = tf.random.stateless_uniform([], seed_or_fresh(seed)) >= 0.5
+    return tf.where(negative, -tf.cast(value, tf.float32), tf.cast(value, tf.float32))
 
 
-def level_to_arg(name, level, cutout_const, translate_const):
-    """Arguments (a tuple, possibly holding random-sign tensors) of op `name` at magnitude `level` in [0, 10]."""
+def level_to_arg(name, level, cutout_const, translate_const, seed=None):
+    """Arguments (a tuple, possibly holding random-sign tensors drawn with `seed`, (2,) int or None) of op `name`
+    at magnitude `level` in [0, 10]."""
     fraction = level / MAX_LEVEL
     if name in ("AutoContrast", "Equalize", "Invert"):
         return ()
     if name == "Rotate":
-        return (_random_sign(fraction * 30.0),)
+        return (_random_sign(fraction * 30.0, seed),)
     if name in ("ShearX", "ShearY"):
-        return (_random_sign(fraction * 0.3),)
+        return (_random_sign(fraction * 0.3, seed),)
     if name in ("TranslateX", "TranslateY"):
-        return (_random_sign(fraction * float(translate_const)),)
+        return (_random_sign(fraction * float(translate_const), seed),)
     if name in ("Color", "Contrast", "Brightness", "Sharpness"):
         return (fraction * 1.8 + 0.1,)
     if name == "Posterize":
@@ -232,11 +245,14 @@ def level_to_arg(name, level, cutout_const, translate_const):
     raise ValueError(f"unknown augmentation op {name!r}; known: {sorted(NAME_TO_FUNC)}")
 
 
-def apply_op(image, name, level, cutout_const, translate_const, replace=FILL_VALUE):
-    """Apply op `name` at magnitude `level` to a uint8 image."""
-    args = level_to_arg(name, level, cutout_const, translate_const)
+def apply_op(image, name, level, cutout_const, translate_const, replace=FILL_VALUE, seed=None):
+    """Apply op `name` at magnitude `level` to a uint8 image (`seed`: (2,) int seed of its random draws, or None)."""
+    seed = seed_or_fresh(seed)
+    args = level_to_arg(name, level, cutout_const, translate_const, op_seed(seed, 0))
     if name in FILLING_OPS:
         args = (*args, replace)
+    if name == "Cutout":
+        args = (*args, op_seed(seed, 1))
     return NAME_TO_FUNC[name](image, *args)
 
 
@@ -310,16 +326,21 @@ class RandAugment:
         self.translate_const = float(translate_const)
         self.available_ops = list(NAME_TO_FUNC)
 
-    def distort(self, image):
-        """Apply `num_layers` randomly chosen ops (identity is one of the `len(available_ops) + 1` choices)."""
+    def distort(self, image, seed=None):
+        """Apply `num_layers` randomly chosen ops (identity is one of the `len(available_ops) + 1` choices);
+        `seed`: (2,) int seed of the draws, None for a fresh one."""
         input_dtype = image.dtype
         image = _to_uint8(image)
-        for _ in range(self.num_layers):
-            choice = tf.random.uniform([], 0, len(self.available_ops) + 1, dtype=tf.int32)
+        seed = seed_or_fresh(seed)
+        for layer in range(self.num_layers):
+            choice = tf.random.stateless_uniform(
+                [], op_seed(seed, 2 * layer), 0, len(self.available_ops) + 1, dtype=tf.int32
+            )
             branches = [
                 (
-                    lambda name=name, img=image: apply_op(
-                        img, name, self.magnitude, self.cutout_const, self.translate_const
+                    lambda name=name, img=image, layer=layer: apply_op(
+                        img, name, self.magnitude, self.cutout_const, self.translate_const,
+                        seed=op_seed(seed, 2 * layer + 1),
                     )
                 )
                 for name in self.available_ops
@@ -347,24 +368,215 @@ class AutoAugment:
         self.cutout_const = float(cutout_const)
         self.translate_const = float(translate_const)
 
-    def _apply_sub_policy(self, image, sub_policy):
-        """Apply the ops of one sub-policy, each with its own probability."""
-        for name, probability, level in sub_policy:
+    def _apply_sub_policy(self, image, sub_policy, seed):
+        """Apply the ops of one sub-policy, each with its own probability (draws from the (2,) `seed`)."""
+        for step, (name, probability, level) in enumerate(sub_policy):
             image = tf.cond(
-                tf.random.uniform([]) < probability,
-                lambda image=image, name=name, level=level: apply_op(
-                    image, name, level, self.cutout_const, self.translate_const
+                tf.random.stateless_uniform([], op_seed(seed, 2 * step)) < probability,
+                lambda image=image, name=name, level=level, step=step: apply_op(
+                    image, name, level, self.cutout_const, self.translate_const, seed=op_seed(seed, 2 * step + 1)
                 ),
                 lambda image=image: image,
             )
         return image
 
-    def distort(self, image):
-        """Apply one uniformly chosen sub-policy; returns the input dtype."""
+    def distort(self, image, seed=None):
+        """Apply one uniformly chosen sub-policy; returns the input dtype (`seed`: (2,) int, None for a fresh one)."""
         input_dtype = image.dtype
         image = _to_uint8(image)
-        choice = tf.random.uniform([], 0, len(self.policies), dtype=tf.int32)
-        branches = [lambda sub=sub: self._apply_sub_policy(image, sub) for sub in self.policies]
+        seed = seed_or_fresh(seed)
+        choice_seed = op_seed(seed, len(self.policies) + 1000)  # apart from the sub-policies' salts
+        choice = tf.random.stateless_uniform([], choice_seed, 0, len(self.policies), dtype=tf.int32)
+        branches = [lambda sub=sub: self._apply_sub_policy(image, sub, seed) for sub in self.policies]
         return tf.cast(tf.switch_case(choice, branches), input_dtype)
 
     __call__ = distort
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-batch random ops (float32 (B, H, W, C), values 0..255)
+
+RANDAUGMENT_OPS = ["AutoContrast", "Equalize", "Color", "Contrast", "Brightness", "Sharpness", "Cutout"]
+
+
+def _per_sample(batch_size, low, high, seed, dtype=tf.float32):
+    """One uniform draw in [low, high) per sample, shaped (B, 1, 1, 1) to broadcast over images (`seed`: (2,) int
+    seed of the draws, None for a fresh one)."""
+    return tf.random.stateless_uniform([batch_size, 1, 1, 1], seed_or_fresh(seed), low, high, dtype=dtype)
+
+
+def random_cutout_mask(images, image_shape, probability=0.3, replace=128.0, seed=None):
+    """Per image, with `probability`: keep the top `h ~ U[int(0.55·H), int(0.7·H))` rows, fill the rest with
+    `replace` (a face mask over the bottom of the face). `images`: (B, H, W, C) batch or one (H, W, C) image;
+    `seed`: (2,) int seed of the draws, None for a fresh one."""
+    if images.shape.rank == 3:
+        return random_cutout_mask(images[None], image_shape, probability, replace, seed)[0]
+    batch_size, height, seed = tf.shape(images)[0], image_shape[0], seed_or_fresh(seed)
+    keep_rows = _per_sample(batch_size, int(0.55 * height), int(0.7 * height), op_seed(seed, 0), tf.int32)
+    rows = tf.reshape(tf.range(tf.shape(images)[1]), [1, -1, 1, 1])
+    drawn = _per_sample(batch_size, 0.0, 1.0, op_seed(seed, 1)) < probability
+    masked = tf.cast((rows >= keep_rows) & drawn, images.dtype)
+    return images * (1 - masked) + tf.cast(replace, images.dtype) * masked
+
+
+def random_flip_left_right(image, seed=None):
+    """Mirror one HxWxC image with probability 1/2 (`seed`: (2,) int seed of the draw, None for a fresh one)."""
+    flip = tf.random.stateless_uniform([], seed_or_fresh(seed)) < 0.5
+    return tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+
+
+def random_brightness(images, max_delta, seed=None):
+    """Add one uniform value in [−max_delta, max_delta) per image (pixel units; `seed` (2,) int or None)."""
+    return images + _per_sample(tf.shape(images)[0], -max_delta, max_delta, seed)
+
+
+def random_contrast(images, lower, upper, seed=None):
+    """Scale each image's deviation from its per-channel mean by a factor in [lower, upper) (tf.image rule;
+    `seed` (2,) int or None)."""
+    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+    return (images - mean) * _per_sample(tf.shape(images)[0], lower, upper, seed) + mean
+
+
+def adjust_saturation(images, factor):
+    """`tf.image.adjust_saturation` without the HSV round trip: scale each pixel's HSV saturation `s` by `factor`
+    (broadcast against `images` (..., H, W, 3)), clipped to [0, 1], keeping hue and value `v` (the channel maximum).
+    With hue and value fixed every channel `c` moves along `v − c`: `c' = v − (v − c) · min(factor, 1 / s)`, where
+    `1 / s = v / (v − min channel)`; pixels with `v <= 0` become grey `v`, as in the HSV formulas."""
+    value = tf.reduce_max(images, axis=-1, keepdims=True)
+    spread = value - tf.reduce_min(images, axis=-1, keepdims=True)
+    scale = tf.where(value > 0, tf.minimum(factor, tf.math.divide_no_nan(value, spread)), 0.0)
+    return value - (value - images) * scale
+
+
+def random_saturation(images, lower, upper, seed=None):
+    """Scale each image's HSV saturation by a factor in [lower, upper), clipped to [0, 1] (tf.image rule;
+    `seed` (2,) int or None)."""
+    return adjust_saturation(images, _per_sample(tf.shape(images)[0], lower, upper, seed))
+
+
+def random_crop_resize(images, crop_shape, img_shape, seed=None):
+    """Crop a random `crop_shape` window from each image and resize it (bilinear) back to `img_shape` (`seed`:
+    (2,) int seed of the draws, None for a fresh one)."""
+    batch_size, seed = tf.shape(images)[0], seed_or_fresh(seed)
+    height, width = images.shape[1], images.shape[2]
+    crop_height, crop_width = crop_shape[0], crop_shape[1]
+    top = tf.random.stateless_uniform([batch_size], op_seed(seed, 0), 0, height - crop_height + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([batch_size], op_seed(seed, 1), 0, width - crop_width + 1, dtype=tf.int32)
+    top, left = tf.cast(top, tf.float32), tf.cast(left, tf.float32)
+    boxes = tf.stack(
+        [
+            top / (height - 1),
+            left / (width - 1),
+            (top + crop_height - 1) / (height - 1),
+            (left + crop_width - 1) / (width - 1),
+        ],
+        axis=1,
+    )
+    return tf.image.crop_and_resize(images, boxes, tf.range(batch_size), img_shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training augmenter
+
+
+class RandomProcessImage:
+    """Training augmentation selected by `random_status` (images float32 0..255).
+
+    - `-1`: none; `0`: random left-right flip; `1`: also brightness (max delta 12.75·s pixel values);
+      `2`: also contrast and saturation in [1 − 0.1·s, 1 + 0.1·s]; `3`: also a random crop to `random_crop`,
+      resized back to `img_shape`. Higher values below 100 strengthen the same ops. From 1 on, values are clipped
+      to 0..255.
+    - `>= 100`: random flip and RandAugment (2 layers, magnitude `5·s/100`, cutout 40, translate 100) over
+      AutoContrast, Equalize, Color, Contrast, Brightness, Sharpness and Cutout.
+    - `random_cutout_mask_area > 0`: with that probability the bottom of the image is filled with grey 128
+      (`random_cutout_mask`), at every `random_status`, including −1.
+
+    Every draw is independent per image. The pipeline runs flip and RandAugment per image (`process_image`, in
+    the decode loop, one seed per image) and the rest on whole batches (`process_batch`, vectorised, one seed per
+    batch); `process(image)` does both. Each method takes a `seed` ((2,) int, None for a fresh one): the same
+    seed gives the same result.
+    """
+
+    def __init__(self, img_shape=(112, 112), random_status=2, random_crop=None, random_cutout_mask_area=0):
+        self.img_shape = tuple(img_shape[:2])
+        self.random_status = random_status
+        self.random_crop = random_crop
+        self.random_cutout_mask_area = random_cutout_mask_area
+        self.randaug = None
+        if random_status >= 100:
+            self.randaug = RandAugment(
+                num_layers=2, magnitude=5 * random_status / 100, cutout_const=40, translate_const=100
+            )
+            self.randaug.available_ops = list(RANDAUGMENT_OPS)
+
+    def process_image(self, image, seed=None):
+        """The per-image part: random flip (`random_status >= 0`) and RandAugment (`>= 100`); keeps the dtype."""
+        seed = seed_or_fresh(seed)
+        if self.random_status >= 0:
+            image = random_flip_left_right(image, seed)  # the image's seed itself: one op less in the hot loop
+        return image if self.randaug is None else self.randaug.distort(image, op_seed(seed, 1))
+
+    @property
+    def has_batch_part(self):
+        """Whether `process_batch` changes anything: levels 1 to 99, or the cutout mask."""
+        return 1 <= self.random_status < 100 or self.random_cutout_mask_area > 0
+
+    def process_batch(self, images, seed=None):
+        """The batch part on a float32 (B, H, W, 3) batch: brightness, contrast, saturation, crop, clip, mask."""
+        level, seed = self.random_status, seed_or_fresh(seed)
+        if 1 <= level < 100:
+            images = random_brightness(images, 12.75 * level, op_seed(seed, 0))
+        if 2 <= level < 100:
+            lower, upper = max(0.0, 1 - 0.1 * level), 1 + 0.1 * level
+            images = random_contrast(images, lower, upper, op_seed(seed, 1))
+            images = random_saturation(images, lower, upper, op_seed(seed, 2))
+        if 3 <= level < 100 and self.random_crop is not None:
+            images = random_crop_resize(images, self.random_crop, self.img_shape, op_seed(seed, 3))
+        if 1 <= level < 100:
+            images = tf.clip_by_value(images, 0.0, 255.0)
+        if self.random_cutout_mask_area > 0:
+            images = random_cutout_mask(images, self.img_shape, self.random_cutout_mask_area, seed=op_seed(seed, 4))
+        return images
+
+    def process(self, image, seed=None):
+        """Augment one HxWx3 image (values 0..255); returns float32."""
+        seed = seed_or_fresh(seed)
+        image = tf.cast(self.process_image(image, op_seed(seed, 0)), tf.float32)
+        return self.process_batch(image[None], op_seed(seed, 1))[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mixup
+
+
+def sample_beta_distribution(size, concentration_0=0.4, concentration_1=0.4, seed=None):
+    """`size` draws of Beta(concentration_1, concentration_0), through two Gamma draws; float32 (size,) (`seed`:
+    (2,) int seed of the draws, None for a fresh one)."""
+    seed = seed_or_fresh(seed)
+    gamma_1 = tf.random.stateless_gamma([size], op_seed(seed, 0), concentration_1)
+    gamma_0 = tf.random.stateless_gamma([size], op_seed(seed, 1), concentration_0)
+    return gamma_1 / (gamma_1 + gamma_0)
+
+
+def mixup_weights(batch_size, alpha=0.4, seed=None):
+    """Mixup's draw for a batch: weight λ ~ Beta(α, α) per sample, λ = max(λ, 1 − λ), λ > 0.9 counted as 1 (no
+    mix), and a random partner per sample (`seed`: (2,) int, None for a fresh one). Returns `(weights float32
+    (B,), partner indices int32 (B,))`."""
+    seed = seed_or_fresh(seed)
+    weight = sample_beta_distribution(batch_size, alpha, alpha, op_seed(seed, 0))
+    weight = tf.maximum(weight, 1.0 - weight)
+    weight = tf.where(weight > 0.9, tf.ones_like(weight), weight)
+    return weight, tf.random.experimental.stateless_shuffle(tf.range(batch_size), op_seed(seed, 1))
+
+
+def mix_with_partner(values, weight, partner):
+    """`values · λ + values[partner] · (1 − λ)` per sample; `values` (B, ...), `weight` (B,) broadcast over the rest."""
+    weight = tf.reshape(tf.cast(weight, values.dtype), [-1] + [1] * (values.shape.rank - 1))
+    return values * weight + tf.gather(values, partner) * (1 - weight)
+
+
+def mixup(image, label, alpha=0.4, seed=None):
+    """Mix every sample of the batch with a random other one (`mixup_weights`, `seed` (2,) int or None). `image`
+    (B,H,W,C) and one-hot `label` (B,classes) are mixed alike; the label comes back as float32."""
+    weight, partner = mixup_weights(tf.shape(image)[0], alpha, seed)
+    return mix_with_partner(image, weight, partner), mix_with_partner(tf.cast(label, tf.float32), weight, partner)

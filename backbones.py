@@ -1,7 +1,7 @@
 """GhostNetV1 and GhostNetV2 backbones as Keras 3 functional models, as GhostFaceNets uses them.
 
 Both versions are built by one function from one table of bottleneck settings (:data:`GHOST_BLOCKS`); what
-differs between them is a handful of switches collected in :class:`GhostNetSpec`:
+differs between them is a handful of switches collected in `GhostNetSpec`:
 
 - V1 (GhostFaceNetV1, the original's ``ghost_model.GhostNet``): TensorFlow ``"same"`` padding, the Keras-2 hard
   sigmoid ``clip(0.2 x + 0.5, 0, 1)`` in the squeeze-excite gate, and a last expansion of 512 channels.
@@ -11,7 +11,7 @@ differs between them is a handful of switches collected in :class:`GhostNetSpec`
 
 Layers carry the names of the original V2 code (``stem_conv``, ``stack3_ghost_1_prim_conv``, ...), so weights it
 saved load by name; V1 files of the original carry automatic names and load by layer order, which this graph
-reproduces exactly (see :mod:`model_files`).
+reproduces exactly (see `model_files`).
 """
 
 import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
@@ -23,7 +23,13 @@ from dataclasses import dataclass
 import keras
 from keras import layers, ops
 
-CONV_KERNEL_INITIALIZER = keras.initializers.VarianceScaling(scale=2.0, mode="fan_out", distribution="truncated_normal")
+
+def conv_kernel_initializer():
+    """He initialisation (fan_out, truncated normal) for one convolution kernel: a new initializer per layer, so that
+    every layer draws its own values, seeded by `keras.utils.set_random_seed` (a shared Keras 3 initializer would
+    fix one seed at import time and give every kernel of a shape the same values)."""
+    return keras.initializers.VarianceScaling(scale=2.0, mode="fan_out", distribution="truncated_normal")
+
 
 # Bottleneck settings before width scaling: (kernel, expansion, output channels, SE ratio, stride).
 # The last row's expansion is replaced by the version's ``head_channels`` (512 for V1, 960 for V2).
@@ -109,15 +115,20 @@ class GhostNetSpec:
     dfc_interpolation: str = "bilinear"
 
 
-def activation_layer(inputs, activation, name):
-    """Apply ``activation`` ("prelu", "relu", "swish", any Keras activation name) as a layer named ``<name><act>``.
+def make_activation(activation, name):
+    """A new activation layer named ``name``: PReLU for "prelu" (any case), else ``Activation(activation)``.
 
-    PReLU has one learned slope per channel (shared over H and W) initialised to 0.25, as in the original.
+    The project's one PReLU: one learned slope per channel, shared over H and W, initialised to 0.25, as in the
+    original. ``activation``: "prelu", "relu", "swish" or any Keras activation name.
     """
     if activation.lower() == "prelu":
-        initializer = keras.initializers.Constant(0.25)
-        return layers.PReLU(shared_axes=[1, 2], alpha_initializer=initializer, name=name + "prelu")(inputs)
-    return layers.Activation(activation, name=name + activation.lower())(inputs)
+        return layers.PReLU(shared_axes=[1, 2], alpha_initializer=keras.initializers.Constant(0.25), name=name)
+    return layers.Activation(activation, name=name)
+
+
+def activation_layer(inputs, activation, name):
+    """Apply `make_activation` of ``activation`` to ``inputs`` as a layer named ``<name><activation>``."""
+    return make_activation(activation, name + activation.lower())(inputs)
 
 
 class GhostNetBuilder:
@@ -136,7 +147,7 @@ class GhostNetBuilder:
 
     @property
     def padding(self):
-        """Keras padding mode of k x k convs: "same" (V1), or "valid" after explicit padding (V2, :meth:`pad`)."""
+        """Keras padding mode of k x k convs: "same" (V1), or "valid" after explicit padding (V2, `pad`)."""
         return "valid" if self.spec.symmetric_padding else "same"
 
     def pad(self, inputs, kernel_size, name):
@@ -156,7 +167,7 @@ class GhostNetBuilder:
             strides=strides,
             padding=padding or self.padding,
             use_bias=use_bias,
-            kernel_initializer=CONV_KERNEL_INITIALIZER,
+            kernel_initializer=conv_kernel_initializer(),
             name=name + "conv",
         )
         return conv(nn)
@@ -169,7 +180,7 @@ class GhostNetBuilder:
             strides=strides,
             padding=self.padding,
             use_bias=False,
-            depthwise_initializer=CONV_KERNEL_INITIALIZER,
+            depthwise_initializer=conv_kernel_initializer(),
             name=name + "dw_conv",
         )
         return conv(nn)

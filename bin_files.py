@@ -5,62 +5,35 @@ booleans; pair k is images 2k and 2k+1. InsightFace's files are Python 2 pickles
 `bytearray`s or uint8 numpy arrays instead of bytes, and files rewritten by the original `prepare_data.py -T` are
 a Python 3 list `[bytes_list, bool_list]`. All of these load.
 
-`.bin` files come from the internet, so they are unpickled with `RestrictedUnpickler`, which resolves only the few
-builtins and numpy names such a file legitimately references; any other global (`os.system`, `subprocess.Popen`,
-`builtins.eval`, ...) makes loading fail with `BinFileError` before anything runs.
+`.bin` files come from the internet, so they are unpickled with `bin_unpickler.restricted_loads`, which builds
+only plain data (bytes, lists, tuples, bool / int / bytes numpy arrays and scalars) through its own constructors,
+checks every array's dtype, state and size before building it, and refuses any other global (`os.system`,
+`subprocess.Popen`, `builtins.eval`, ...). Every failure, whatever its cause, is a `BinFileError` naming the file.
 """
 
-import io
 import os
 import pickle
 
 import numpy as np
 
-# Globals a legitimate .bin may reference: how Python 2/3 pickle bytes and bytearrays, and how numpy pickles
-# arrays, dtypes and scalars (numpy 1 `numpy.core`, numpy 2 `numpy._core`). Nothing else resolves.
-ALLOWED_GLOBALS = {
-    ("builtins", "bytearray"),
-    ("__builtin__", "bytearray"),
-    ("builtins", "bytes"),
-    ("_codecs", "encode"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),
-}
+from atomic_io import atomic_path
+from bin_unpickler import SAFE_GLOBALS, RestrictedUnpickler, plain_value, restricted_loads  # noqa: F401 (re-exported)
+
+# The globals a legitimate .bin may reference (each resolves to a safe constructor of bin_unpickler).
+ALLOWED_GLOBALS = frozenset(SAFE_GLOBALS)
+MAX_ERROR_TEXT = 300
 
 
 class BinFileError(ValueError):
     """A `.bin` file that is unreadable, malformed or refused as unsafe; the message names the file."""
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only `ALLOWED_GLOBALS`; everything else raises `pickle.UnpicklingError`."""
-
-    def find_class(self, module, name):
-        if (module, name) not in ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load global '{module}.{name}'")
-        return super().find_class(module, name)
-
-
-def restricted_loads(data):
-    """Unpickle `data` (bytes) with `RestrictedUnpickler`.
-
-    Python 2 `str` objects are decoded as latin-1, which maps each byte to one character, and are turned back
-    into the identical bytes by `load_bin`; numpy arrays pickled by Python 2 need exactly this decoding.
-    """
-    return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-
-
 def _as_image_bytes(item, index, path):
     """One stored image as `bytes`, whatever container the file used."""
+    item = plain_value(item)
     if isinstance(item, bytes):
         return item
-    if isinstance(item, bytearray | memoryview):
+    if isinstance(item, bytearray):
         return bytes(item)
     if isinstance(item, str):
         return item.encode("latin1")  # a Python 2 str, decoded as latin-1 by restricted_loads
@@ -75,27 +48,23 @@ def _as_bool(value, index, path):
     """One `issame` entry as a Python bool."""
     if isinstance(value, bool | np.bool_ | int | np.integer) and int(value) in (0, 1):
         return bool(value)
-    raise BinFileError(f"{path}: issame entry {index} is {value!r}, not a boolean")
+    raise BinFileError(f"{path}: issame entry {index} is {type(value).__name__} {value!s:.40}, not a boolean")
 
 
-def load_bin(path, limit=0):
-    """Load a `.bin` pair file safely.
+def _sequence(value, what, path):
+    """`value` (a list, tuple or one-dimensional array built by the unpickler) as something to iterate over."""
+    value = plain_value(value)
+    if isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.ndim == 1):
+        return value
+    raise BinFileError(f"{path}: {what} is a {type(value).__name__}, not a list")
 
-    Returns `(bins, issame)`: a list of 2N encoded images as `bytes` and a bool numpy array of N pair labels
-    (pair k = images 2k, 2k+1). `limit > 0` keeps only the first `limit` pairs. Raises `BinFileError` naming
-    the file when it cannot be read, is not a `(bins, issame)` pair list, or would need a forbidden global.
-    """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as file:
-            loaded = restricted_loads(file.read())
-    except pickle.UnpicklingError as error:
-        raise BinFileError(f"{path}: cannot load as a .bin pair file ({error})") from error
-    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
-        raise BinFileError(f"{path}: unreadable .bin file ({type(error).__name__}: {error})") from error
+
+def _pairs_from(loaded, path, limit):
+    """`(bins, issame)` of an unpickled `.bin`: images as bytes, pair labels as a bool array (see `load_bin`)."""
+    loaded = plain_value(loaded)
     if not isinstance(loaded, tuple | list) or len(loaded) != 2:
         raise BinFileError(f"{path}: expected a pickled (bins, issame) pair, got {type(loaded).__name__}")
-    raw_bins, raw_issame = loaded
+    raw_bins, raw_issame = _sequence(loaded[0], "bins", path), _sequence(loaded[1], "issame", path)
     issame = np.array([_as_bool(value, index, path) for index, value in enumerate(raw_issame)], dtype=bool)
     if len(raw_bins) != 2 * len(issame):
         raise BinFileError(f"{path}: {len(raw_bins)} images for {len(issame)} pairs (expected {2 * len(issame)})")
@@ -103,6 +72,28 @@ def load_bin(path, limit=0):
         issame, raw_bins = issame[:limit], raw_bins[: 2 * limit]
     bins = [_as_image_bytes(item, index, path) for index, item in enumerate(raw_bins)]
     return bins, issame
+
+
+def load_bin(path, limit=0):
+    """Load a `.bin` pair file safely.
+
+    Returns `(bins, issame)`: a list of 2N encoded images as `bytes` and a bool numpy array of N pair labels
+    (pair k = images 2k, 2k+1). `limit > 0` keeps only the first `limit` pairs. Raises `BinFileError` naming
+    the file for every failure: unreadable, truncated or malformed, not a `(bins, issame)` pair list, or refused
+    by the restricted unpickler (a forbidden global, a dtype or array state numpy never writes, array data that
+    does not match its shape); no other exception escapes.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as file:
+            return _pairs_from(restricted_loads(file.read()), path, limit)
+    except BinFileError:
+        raise
+    except pickle.UnpicklingError as error:
+        raise BinFileError(f"{path}: cannot load as a .bin pair file ({error!s:.{MAX_ERROR_TEXT}})") from error
+    except Exception as error:  # every other failure of a hostile file (MemoryError, OverflowError, ...) too
+        message = f"{type(error).__name__}: {error!s:.{MAX_ERROR_TEXT}}"
+        raise BinFileError(f"{path}: unreadable .bin file ({message})") from error
 
 
 def _encode_image(image, image_format):
@@ -134,17 +125,13 @@ def save_bin(path, bins, issame):
     """Write already-encoded images and pair labels as `[list of bytes, list of bool]` (pickle protocol 4).
 
     This is the form the original `prepare_data.py -T` produced, so the original code reads it too. The file is
-    written beside `path` and renamed into place, so an interrupted write never leaves a half file.
+    written through `atomic_io.atomic_path`, so an interrupted write never leaves a half file.
     """
     bins, issame = [bytes(item) for item in bins], [bool(value) for value in issame]
     if len(bins) != 2 * len(issame):
         raise ValueError(f"{len(bins)} images for {len(issame)} pairs (expected {2 * len(issame)})")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, "." + os.path.basename(path) + ".tmp")
-    with open(temporary, "wb") as file:
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
         pickle.dump([bins, issame], file, protocol=4)
-    os.replace(temporary, path)
     return path
 
 

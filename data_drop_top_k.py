@@ -14,6 +14,7 @@ import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its i
 
 # isort: split
 import argparse
+import logging
 import os
 
 import keras
@@ -21,9 +22,16 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from data import normalize, pre_process_folder, tf_imread
+from atomic_io import save_npz_atomic
+from embedding import embed_images, load_runner
 from evals import check_finite
+from folder_scan import pre_process_folder
 from heads import NormDense  # importing it also registers it, so saved training models load
+from image_decode import tf_imread
+from logs import show_library_logs
+from preprocess import l2_normalize
+
+logger = logging.getLogger(__name__)
 
 
 def split_training_model(model):
@@ -47,17 +55,17 @@ def sub_centers(head):
 
 
 def own_class_cosines(embedding_model, centers, image_names, image_classes, batch_size=128):
-    """Cosine of each image's embedding to each of its own class's K sub-centers, shape (N, K)."""
-    image_size = tuple(embedding_model.input_shape[1:3])
-    image_size = image_size if all(image_size) else (112, 112)
+    """Cosine of each image's embedding (`embedding.embed_images`, no flip) to each of its own class's K
+    sub-centers, shape (N, K); the images are embedded batch by batch, never all held at once."""
+    runner = load_runner(embedding_model)
     dataset = tf.data.Dataset.from_tensor_slices(list(image_names))
-    dataset = dataset.map(lambda path: normalize(tf_imread(path, image_size)), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(lambda path: tf_imread(path, runner.image_size), num_parallel_calls=tf.data.AUTOTUNE)
     cosines = []
     batches = dataset.batch(batch_size)
     for start, images in zip(range(0, len(image_names), batch_size), tqdm(batches, "Embedding"), strict=False):
-        embeddings = keras.ops.convert_to_numpy(embedding_model(images, training=False)).astype(np.float64)
+        embeddings = embed_images(runner, images, flip=False).astype(np.float64)
         check_finite(embeddings, f"embeddings of images {image_names[start]} …")
-        embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+        embeddings = l2_normalize(embeddings)
         own_centers = centers[image_classes[start:start + len(embeddings)]]
         cosines.append(np.einsum("be,bke->bk", embeddings, own_centers))
     return np.concatenate(cosines) if cosines else np.zeros((0, centers.shape[1]))
@@ -127,13 +135,14 @@ def data_drop_top_k(model, data_path, dest_file=None, deg_thresh=75, limit=0, ba
     cosines = own_class_cosines(embedding_model, sub_centers(head), image_names, image_classes, batch_size)
     keep, _ = keep_near_dominant(cosines, image_classes, deg_thresh)
     kept_names, kept_classes = image_names[keep], renumber_classes(image_classes[keep])
-    print(f">>>> kept {keep.sum()} of {keep.size} images and {len(np.unique(kept_classes))} of "
-          f"{len(np.unique(image_classes))} classes")
+    logger.info(">>>> kept %d of %d images and %d of %d classes", keep.sum(), keep.size,
+                len(np.unique(kept_classes)), len(np.unique(image_classes)))
 
     shuffle = np.random.default_rng(seed).permutation(len(kept_names))
     dest_file = os.fspath(dest_file) if dest_file else default_dest_file(data_path, head.loss_top_k, deg_thresh)
-    np.savez_compressed(dest_file, image_names=kept_names[shuffle], image_classes=kept_classes[shuffle])
-    return dest_file if dest_file.endswith(".npz") else dest_file + ".npz"
+    dest_file = dest_file if dest_file.endswith(".npz") else dest_file + ".npz"
+    save_npz_atomic(dest_file, compressed=True, image_names=kept_names[shuffle], image_classes=kept_classes[shuffle])
+    return dest_file
 
 
 def parse_arguments(argv=None):
@@ -150,6 +159,7 @@ def parse_arguments(argv=None):
 def main(argv=None):
     """CLI entry: clean the dataset and print the written path."""
     args = parse_arguments(argv)
+    show_library_logs()
     dest = data_drop_top_k(args.model_file, args.data_path, args.dest_file, args.deg_thresh, args.limit)
     print(f">>>> cleaned dataset list: {dest}")
     return dest

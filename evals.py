@@ -15,9 +15,13 @@ original interpolated the threshold with SciPy's `interp1d`, which raises on Sci
 repeats values; here the threshold is interpolated linearly between the last threshold whose training FAR is
 below the target and the next one, which is what `interp1d` computed on older SciPy.
 
-Images: every image is decoded as RGB and normalised as `(x - 127.5) * 0.0078125`. An image whose size differs
+Images: every image is decoded as RGB and embedded through `embedding.embed_dataset` (normalised there with
+`preprocess.normalize`, the flip embeddings added with `flip`). An image whose size differs
 from the model's input size (112x112 when the model accepts any size) is resized bilinearly, with a warning
-naming the file: the standard benchmarks are 112x112, so a resize usually means a wrong file.
+naming the file: the standard benchmarks are 112x112, so a resize usually means a wrong file. Every image is
+decoded once when a bin is opened (`eval_callback`, before training starts): a pair holding an image that cannot
+be decoded is left out, with a warning naming the file, the pair and the image index, and the accuracies are over
+the remaining pairs.
 """
 
 import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
@@ -25,6 +29,7 @@ import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its i
 # isort: split
 import argparse
 import glob
+import logging
 import os
 import warnings
 
@@ -32,14 +37,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 from sklearn.model_selection import KFold
-from tqdm import tqdm
 
+from atomic_io import save_model_atomic
 from bin_files import load_bin
+from embedding import embed_dataset, load_runner
+from image_decode import decode_image
+from preprocess import l2_normalize
 
-DEFAULT_IMAGE_SIZE = (112, 112)
+logger = logging.getLogger(__name__)
+
 ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
 FAR_TARGET = 1e-3
+DECODE_CHECK_BATCH = 4096  # image indices fetched at a time by `undecodable_images`
+MAX_NAMED_IMAGES = 20  # undecodable images named in a warning or error
 
 
 class NonFiniteEmbeddingsError(ValueError):
@@ -48,14 +59,6 @@ class NonFiniteEmbeddingsError(ValueError):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Metrics on embeddings
-
-
-def l2_normalize(embeddings):
-    """Rows divided by their L2 norm (rows of norm 0 are left as they are), float64 (N, D)."""
-    embeddings = np.asarray(embeddings, dtype=np.float64)
-    norms = np.sqrt(np.einsum("ij,ij->i", embeddings, embeddings))
-    norms[norms == 0] = 1.0
-    return embeddings / norms[:, None]
 
 
 def check_finite(embeddings, what="embeddings"):
@@ -101,12 +104,25 @@ def fold_splits(num_pairs, nrof_folds):
     return list(KFold(n_splits=nrof_folds, shuffle=False).split(indices))
 
 
-def threshold_at_far(thresholds, fars, far_target):
-    """The threshold at which the (non-decreasing) FAR curve `fars` reaches `far_target`.
+def threshold_at_far(thresholds, fars, far_target, interpolate=True):
+    """The threshold at which the FAR curve `fars` (non-decreasing along `thresholds`) reaches `far_target`.
 
-    Linear interpolation between the last threshold with FAR below the target and the first one with FAR at or
-    above it; 0.0 when the curve never reaches the target (the standard protocol's convention).
+    Args:
+        thresholds: candidate thresholds (T,), in the order of `fars`.
+        fars: the false-accept rate (T,) at each threshold, non-decreasing.
+        far_target: the FAR to reach.
+        interpolate: True (the verification protocol): linear interpolation between the last threshold with FAR
+            below the target and the first one with FAR at or above it, 0.0 when the curve never reaches the
+            target (the standard protocol's convention). False: the last threshold whose FAR is at most the
+            target, exactly (`thresholds[0]` when even the first FAR is above it).
+
+    Returns:
+        The threshold (a float, or an element of `thresholds`).
     """
+    fars = np.asarray(fars)
+    if not interpolate:
+        within = np.flatnonzero(fars <= far_target)
+        return thresholds[within[-1] if within.size else 0]
     if np.max(fars) < far_target:
         return 0.0
     upper = int(np.argmax(fars >= far_target))
@@ -178,7 +194,7 @@ def evaluate_embeddings(embeddings, issame, embeddings_flip=None, nrof_folds=10,
     if issame.all() or not issame.any():
         raise ValueError("issame must hold both positive and negative pairs")
     check_finite(embeddings)
-    normalized = l2_normalize(embeddings)
+    normalized = l2_normalize(embeddings)  # float64, as cast above
     distances = pair_distances(normalized)
     accuracies = kfold_accuracy(distances, issame, nrof_folds)
     val, val_std, far = calculate_val(distances, issame, far_target, nrof_folds)
@@ -207,7 +223,7 @@ def nearest_neighbours(embeddings, max_k, block_elements=RECALL_BLOCK_ELEMENTS):
     Computed in blocks of query rows so that at most about `block_elements` similarities exist at a time
     (100,000 samples: blocks of 167 rows). `max_k` must be below N.
     """
-    unit = l2_normalize(embeddings).astype(np.float32)
+    unit = l2_normalize(np.asarray(embeddings, dtype=np.float64)).astype(np.float32)
     count = len(unit)
     block = max(1, block_elements // count)
     neighbours = np.empty((count, max_k), dtype=np.int64)
@@ -256,7 +272,7 @@ def recall_at_k(embeddings, labels, k=(1, 5, 10), groups=None, within_groups=Fal
     """
     import pandas as pd
 
-    from data import natural_sort_key
+    from folder_scan import natural_sort_key
 
     embeddings, labels = np.asarray(embeddings), np.asarray(labels)
     if embeddings.ndim != 2 or len(embeddings) != len(labels):
@@ -290,12 +306,6 @@ def recall_at_k(embeddings, labels, k=(1, 5, 10), groups=None, within_groups=Fal
 # Embedding a .bin file
 
 
-def model_image_size(model):
-    """(height, width) the model expects; 112x112 when its input accepts any size."""
-    height, width = tuple(model.input_shape[1:3])
-    return (height, width) if height and width else DEFAULT_IMAGE_SIZE
-
-
 def warn_if_resized(bins, image_size, path):
     """Warn when the first image of a `.bin` is not `image_size` (images are then resized bilinearly)."""
     shape = tuple(tf.io.decode_image(bins[0], channels=3, expand_animations=False).shape[:2])
@@ -307,79 +317,123 @@ def warn_if_resized(bins, image_size, path):
         )
 
 
+def index_and_decoded_shape(index, data):
+    """`(index, shape (3,) of the decoded image)`: the element `undecodable_images` keeps when decoding works."""
+    return index, tf.shape(tf.io.decode_image(data, channels=3, expand_animations=False))
+
+
+def undecodable_images(bins):
+    """Indices (sorted int64 array) of the encoded images of `bins` (a list of bytes) that `tf.io.decode_image`
+    cannot decode (not an image, truncated, corrupt): one parallel decoding pass, the pixels are not kept (1.1 to
+    2.6 s for 12,000 112x112 JPEGs, the size of LFW, on two busy CPU cores: as long as the decoding part of one
+    evaluation)."""
+    indexed = tf.data.Dataset.zip(tf.data.Dataset.range(len(bins)),
+                                  tf.data.Dataset.from_tensor_slices(tf.constant(bins, dtype=tf.string)))
+    decoded = indexed.map(index_and_decoded_shape, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    readable = np.zeros(len(bins), dtype=bool)
+    for indices, _ in decoded.batch(DECODE_CHECK_BATCH):
+        readable[indices.numpy()] = True
+    return np.flatnonzero(~readable)
+
+
+def drop_undecodable_pairs(bins, issame, path):
+    """Leave out the pairs of a `.bin` that hold an image `undecodable_images` finds.
+
+    Logs one warning naming the file, the count, and each such pair with its image index (pair k = images 2k,
+    2k+1). Returns `(bins, issame, skipped)`: the remaining images (list) and labels (bool array), and the
+    skipped pair indices (sorted list). Raises ValueError naming the file when no pair is left.
+    """
+    bad_images = undecodable_images(bins)
+    if not bad_images.size:
+        return bins, issame, []
+    skipped = sorted({int(index) // 2 for index in bad_images})
+    named = ", ".join(f"pair {index // 2} (image {index})" for index in bad_images[:MAX_NAMED_IMAGES])
+    named += ", ..." if bad_images.size > MAX_NAMED_IMAGES else ""
+    if len(skipped) == len(issame):
+        raise ValueError(f"{path}: no pair left to evaluate, every pair holds an image that cannot be decoded: "
+                         f"{named}")
+    logger.warning("%s: %d of %d pairs hold an image that cannot be decoded (not an image, truncated or corrupt) "
+                   "and are left out of the evaluation, whose accuracies are over the other %d pairs: %s", path,
+                   len(skipped), len(issame), len(issame) - len(skipped), named)
+    keep = np.ones(len(issame), dtype=bool)
+    keep[skipped] = False
+    return [data for index, data in enumerate(bins) if keep[index // 2]], issame[keep], skipped
+
+
 def bin_dataset(bins, image_size, batch_size):
-    """Batches of normalised float32 images (B, H, W, 3) decoded from encoded image bytes."""
-
-    def decode(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32), image_size)
-        return (tf.clip_by_value(tf.round(image), 0, 255) - 127.5) * 0.0078125
-
+    """Batches of uint8 RGB images (B, H, W, 3) decoded from encoded image bytes, resized bilinearly to
+    `image_size` (then rounded) when their size differs (`image_decode.decode_image`)."""
     dataset = tf.data.Dataset.from_tensor_slices(tf.constant(bins, dtype=tf.string))
-    return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    return dataset.map(lambda data: decode_image(data, image_size), num_parallel_calls=tf.data.AUTOTUNE).batch(
+        batch_size)
 
 
 class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's public name)
     """Evaluate `basic_model` on one `.bin` pair file at each epoch end (and every `eval_freq` batches).
 
-    Prints `>>>> <name> evaluation max accuracy: ..., thresh: ..., previous max accuracy: ...` (plus
+    Logs `>>>> <name> evaluation max accuracy: ..., thresh: ..., previous max accuracy: ...` (plus
     `PCA accuray = mean ± std`, the 10-fold accuracy, with `PCA_acc=True`; there is no PCA, the name is the
     original's) and `>>>> Improved = ...` when the accuracy is at least the best so far. Then, with `save_model`,
-    the basic model is saved to `<checkpoint_dir>/<save_model>_basic_<name>_epoch_<step>_<accuracy>.h5`
-    (attribute `checkpoint_dir`, default `checkpoints`), replacing the previous best file of this bin.
-    Non-finite embeddings print a message and skip the evaluation.
+    the basic model is saved to `<checkpoint_dir>/<save_model>_basic_<name>_epoch_<step>_<accuracy>.h5`,
+    replacing the previous best file of this bin. Non-finite embeddings log a message and skip the evaluation.
 
-    Attributes: `test_names` (bin stem), `test_issame`, `steps`, `max_accuracy`, `cur_acc`, `acc_thresh`, `embs`
+    Undecodable images: every image of the bin is decoded once when the callback is constructed, before training
+    starts (`drop_undecodable_pairs`). A pair holding an image that cannot be decoded is left out of every
+    evaluation, with one warning naming the file, each such pair and image index, and the count; the accuracies
+    are then over the remaining pairs. A bin with no decodable pair raises ValueError naming the file.
+
+    Args:
+        basic_model: the Keras embedding model (its embedding part is used, `GhostFaceNets.embedding_model`).
+        test_bin_file: the `.bin` pair file.
+        batch_size: images per model call.
+        save_model: name stem of the best-model files; None saves nothing.
+        eval_freq: also evaluate every `eval_freq` batches when > 1.
+        flip: add the embeddings of the mirrored images (the standard flip test).
+        PCA_acc: also compute the 10-fold protocol's accuracy (`metrics`).
+        checkpoint_dir: the folder of the best-model files (attribute `checkpoint_dir`).
+
+    Attributes: `test_names` (bin stem), `test_issame` (labels of the pairs evaluated), `skipped_pairs` (indices
+    of the pairs left out, in the file's numbering), `steps`, `max_accuracy`, `cur_acc`, `acc_thresh`, `embs`
     (flip-summed raw embeddings of the last run), `tt`/`ff` (sorted positive / negative cosines), `metrics` (the
     full `evaluate_embeddings` dict when `PCA_acc=True`).
     """
 
     def __init__(self, basic_model, test_bin_file, batch_size=128, save_model=None, eval_freq=1, flip=True,
-                 PCA_acc=False):
+                 PCA_acc=False, checkpoint_dir="checkpoints"):
         super().__init__()
         self.test_bin_file = os.fspath(test_bin_file)
-        self.bins, self.test_issame = load_bin(self.test_bin_file)
+        bins, issame = load_bin(self.test_bin_file)
+        self.bins, self.test_issame, self.skipped_pairs = drop_undecodable_pairs(bins, issame, self.test_bin_file)
         self.test_names = os.path.splitext(os.path.basename(self.test_bin_file))[0]
         self.basic_model, self.batch_size = basic_model, batch_size
         self.save_model, self.eval_freq, self.flip, self.PCA_acc = save_model, eval_freq, flip, PCA_acc
+        self.checkpoint_dir = checkpoint_dir
         self.steps = int(np.ceil(len(self.bins) / batch_size))
         self.max_accuracy, self.cur_acc, self.acc_thresh = 0.0, 0.0, 0.0
         self.embs, self.tt, self.ff, self.metrics = None, None, None, None
-        self._dataset, self._embed_function, self._embed_model = None, None, None
-        self.checkpoint_dir = "checkpoints"
+        self._dataset, self._runner, self._runner_model = None, None, None
 
     def dataset(self):
-        """The decoded, batched images (built once, on first use, at the model's input size)."""
+        """The decoded, batched uint8 images (built once, on first use, at the model's input size)."""
         if self._dataset is None:
-            image_size = model_image_size(self.basic_model)
+            image_size = self.runner().image_size
             warn_if_resized(self.bins, image_size, self.test_bin_file)
             self._dataset = bin_dataset(self.bins, image_size, self.batch_size)
         return self._dataset
 
+    def runner(self):
+        """The `embedding.KerasRunner` of the current `basic_model`, rebuilt when `basic_model` is replaced."""
+        if self._runner_model is not self.basic_model:
+            self._runner, self._runner_model = load_runner(self.basic_model), self.basic_model
+        return self._runner
+
     def embedding_function(self):
-        """A compiled `tf.function` images → float32 embeddings of the current `basic_model` (plus those of the
-        flipped images when `flip`), rebuilt when `basic_model` is replaced. Traced once, for any batch size (the
-        last batch of a bin is smaller)."""
-        if self._embed_model is not self.basic_model:
-            model, flip = self.basic_model, self.flip
-
-            def embed(images):
-                embeddings = model(images, training=False)
-                if flip:
-                    embeddings = embeddings + model(tf.image.flip_left_right(images), training=False)
-                return tf.cast(embeddings, tf.float32)
-
-            signature = [self.dataset().element_spec]  # (None, H, W, 3) float32
-            self._embed_function, self._embed_model = tf.function(embed, input_signature=signature), model
-        return self._embed_function
+        """The runner's compiled `tf.function` (images → float32 embeddings), traced once for any batch size."""
+        return self.runner().function
 
     def compute_embeddings(self):
         """Raw embeddings (2N, D) float32 of all images, plus those of the flipped images when `flip`."""
-        embed = self.embedding_function()
-        embeddings = [
-            embed(images).numpy() for images in tqdm(self.dataset(), "Evaluating " + self.test_names, total=self.steps)
-        ]
-        return np.concatenate(embeddings)
+        return embed_dataset(self.runner(), self.dataset(), self.flip, self.steps, desc="Evaluating " + self.test_names)
 
     def on_batch_end(self, batch, logs=None):
         if self.eval_freq > 1 and batch != 0 and batch % self.eval_freq == 0:
@@ -395,13 +449,13 @@ class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's pub
         self.evaluate_now(str(epoch + 1))
 
     def evaluate_now(self, cur_step):
-        """Embed the bin, print the accuracy line, and save the basic model when it improved."""
+        """Embed the bin, log the accuracy line, and save the basic model when it improved."""
         embs = self.compute_embeddings()
         if not np.isfinite(embs).all():
-            print(f"\n>>>> {self.test_names}: NAN or inf in embs, not a good one; skipping this evaluation")
+            logger.warning(">>>> %s: NAN or inf in embs, not a good one; skipping this evaluation", self.test_names)
             return
         self.embs = embs
-        normalized = l2_normalize(embs)
+        normalized = l2_normalize(np.asarray(embs, dtype=np.float64))
         cosines = np.sum(normalized[0::2] * normalized[1::2], axis=1)
         self.tt, self.ff = np.sort(cosines[self.test_issame]), np.sort(cosines[~self.test_issame])
         acc_max, self.acc_thresh = max_threshold_accuracy(cosines, self.test_issame)
@@ -411,9 +465,9 @@ class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's pub
         if self.PCA_acc:
             self.metrics = evaluate_embeddings(embs, self.test_issame)
             line += f", PCA accuray = {self.metrics['accuracy_mean']:f} ± {self.metrics['accuracy_std']:f}"
-        print("\n" + line)
+        logger.info(line)
         if acc_max >= self.max_accuracy:
-            print(f">>>> Improved = {acc_max - self.max_accuracy:f}")
+            logger.info(">>>> Improved = %f", acc_max - self.max_accuracy)
             self.max_accuracy = acc_max
             if self.save_model:
                 self.save_best(cur_step)
@@ -421,11 +475,9 @@ class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's pub
     def save_best(self, cur_step):
         """Save the basic model as the new best of this bin in `checkpoint_dir` (atomically: a temporary file
         renamed into place), then remove the previous best file."""
-        from myCallbacks import save_model_atomic
-
         save_path_base = os.path.join(self.checkpoint_dir, f"{self.save_model}_basic_{self.test_names}_epoch_")
         save_path = save_path_base + f"{cur_step}_{self.max_accuracy:f}.h5"
-        print(f">>>> Saving model to: {save_path}")
+        logger.info(">>>> Saving model to: %s", save_path)
         save_model_atomic(self.basic_model, save_path)
         for old in glob.glob(glob.escape(save_path_base) + "*.h5"):
             if os.path.abspath(old) != os.path.abspath(save_path):
@@ -433,17 +485,19 @@ class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's pub
 
 
 def evaluate_bin_files(basic_model, test_bin_files, batch_size=128, flip=True):
-    """All metrics of `basic_model` on each `.bin` → pandas DataFrame indexed by bin name (NaN rows for bins
-    whose embeddings are non-finite, with a message)."""
+    """All metrics of `basic_model` on each `.bin` → pandas DataFrame indexed by bin name (NaN rows, with a
+    logged message, for bins whose embeddings are non-finite). Every bin is opened and checked before any is
+    embedded: pairs with an undecodable image are left out with a warning, as in `eval_callback`; a bin that
+    cannot be loaded or has no decodable pair raises (`BinFileError` / ValueError naming it)."""
     import pandas as pd
 
     rows = {}
-    for path in test_bin_files:
-        callback = eval_callback(basic_model, path, batch_size=batch_size, flip=flip)
+    callbacks = [eval_callback(basic_model, path, batch_size=batch_size, flip=flip) for path in test_bin_files]
+    for path, callback in zip(test_bin_files, callbacks, strict=True):  # every bin checked before any embedding
         try:
             rows[callback.test_names] = evaluate_embeddings(callback.compute_embeddings(), callback.test_issame)
         except NonFiniteEmbeddingsError as error:
-            print(f">>>> {path}: {error}")
+            logger.warning(">>>> %s: %s", path, error)
             rows[callback.test_names] = {}
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -459,14 +513,18 @@ def parse_arguments(argv=None):
 
 
 def main(argv=None):
-    """CLI entry: print a table of all metrics per `.bin`; returns the DataFrame."""
+    """CLI entry: print a table of all metrics per `.bin`; returns the DataFrame. A refused bin exits with its
+    message."""
     import pandas as pd
 
     from GhostFaceNets import load_model
 
     args = parse_arguments(argv)
     model = load_model(args.basic_model)
-    table = evaluate_bin_files(model, args.test_bin_files, batch_size=args.batch_size, flip=not args.no_flip)
+    try:
+        table = evaluate_bin_files(model, args.test_bin_files, batch_size=args.batch_size, flip=not args.no_flip)
+    except ValueError as error:  # a bin refused (unreadable, no decodable pair): its message names it
+        raise SystemExit(f"evals: {error}") from None
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.precision", 6):
         print(table)
     return table

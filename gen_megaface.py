@@ -6,7 +6,8 @@ OpenCV-style matrix: a 16-byte header of four little-endian int32 `(rows=D, cols
 (CV_32F))` followed by D little-endian float32 values.
 
 Images (already aligned faces) are read with OpenCV, resized to the model input when needed, and embedded as RGB
-with `(x − 127.5) / 128` (the training normalisation; the original used `(x/255 − 0.5)/0.5`), then L2-normalised.
+through `embedding.embed_images` (normalised with `preprocess.normalize`, the training normalisation; the original
+used `(x/255 − 0.5)/0.5`), then L2-normalised.
 The optional noise-removal step (`--facescrub-noises`, `--megaface-noises`, the lists published with the
 devkit) writes a cleaned copy: every feature gets one extra dimension, 0 for clean images; a noisy FaceScrub
 image is replaced by its person's clean-feature sum plus U(±0.001) noise, normalised; a noisy distractor gets
@@ -18,11 +19,18 @@ CLI: `python gen_megaface.py --model model.keras --facescrub-lst facescrub_lst -
 """
 
 import argparse
+import logging
 import os
 import struct
 
 import numpy as np
 from tqdm import tqdm
+
+from atomic_io import write_bytes_atomic
+from embedding import embed_images, load_runner
+from preprocess import l2_normalize
+
+logger = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<4i")
 CV_32F = 5
@@ -31,12 +39,10 @@ NOISY_DISTRACTOR_VALUE = 100.0
 
 
 def write_feature(path, feature):
-    """Write a 1-D feature as a devkit `.bin` (header `(D, 1, 4, 5)` + D float32), creating parent folders."""
+    """Write a 1-D feature as a devkit `.bin` (header `(D, 1, 4, 5)` + D float32) atomically, creating parent
+    folders."""
     feature = np.asarray(feature, dtype="<f4").ravel()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "wb") as file:
-        file.write(HEADER.pack(feature.size, 1, 4, CV_32F))
-        file.write(feature.tobytes())
+    write_bytes_atomic(path, HEADER.pack(feature.size, 1, 4, CV_32F) + feature.tobytes())
 
 
 def read_feature(path):
@@ -78,26 +84,28 @@ def load_face(path, image_size=(112, 112)):
 
 
 def generate_features(model_interf, list_file, image_root, output_dir, dataset, algo="insightface", batch_size=8,
-                      image_size=(112, 112)):
-    """Embed every image of `list_file` (paths relative to `image_root`) and write its feature file.
+                      image_size=(112, 112), flip=False):
+    """Embed every image of `list_file` (paths relative to `image_root`) and write its L2-normalised feature file.
 
-    `model_interf`: a callable uint8 RGB (B, H, W, 3) → embeddings (see `IJB_evals.model_interface`). Returns
-    the number of files written; prints how many images had to be resized.
+    `model_interf`: anything `embedding.load_runner` accepts (a Keras model, a model file, a runner, or a callable
+    uint8 RGB (B, H, W, 3) → embeddings); `flip`: add the mirrored images' embeddings (the original did not).
+    Returns the number of files written; logs a warning saying how many images had to be resized.
     """
+    runner = load_runner(model_interf)
     image_paths = read_image_list(list_file)
     resized_count = 0
     for start in tqdm(range(0, len(image_paths), batch_size), f"Features {dataset}"):
         names = image_paths[start:start + batch_size]
         loaded = [load_face(os.path.join(image_root, name), image_size) for name in names]
         resized_count += sum(resized for _, resized in loaded)
-        embeddings = np.asarray(model_interf(np.stack([image for image, _ in loaded])), dtype=np.float64)
+        embeddings = embed_images(runner, np.stack([image for image, _ in loaded]), flip).astype(np.float64)
         if not np.isfinite(embeddings).all():
             raise ValueError(f"non-finite embeddings for images {names[0]} … {names[-1]}: the model is broken")
-        embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-        for name, embedding in zip(names, embeddings, strict=True):
-            write_feature(feature_path(output_dir, dataset, name, algo), embedding)
+        for name, feature in zip(names, l2_normalize(embeddings), strict=True):
+            write_feature(feature_path(output_dir, dataset, name, algo), feature)
     if resized_count:
-        print(f">>>> {dataset}: {resized_count} of {len(image_paths)} images were resized to {image_size}")
+        logger.warning(">>>> %s: %d of %d images were resized to %s", dataset, resized_count, len(image_paths),
+                       image_size)
     return len(image_paths)
 
 
@@ -138,7 +146,7 @@ def remove_noises(feature_dir_in, feature_dir_out, facescrub_lst, megaface_lst=N
             raise ValueError(f"{facescrub_noises}: every image of {person!r} is listed as noise; no center")
         feature = centers[person].copy()
         feature[:-1] += rng.uniform(-0.001, 0.001, feature.size - 1)
-        write_feature(feature_path(feature_dir_out, "facescrub", name, algo), feature / np.linalg.norm(feature))
+        write_feature(feature_path(feature_dir_out, "facescrub", name, algo), l2_normalize(feature))
     marked = 0
     if megaface_lst is not None:
         megaface_noisy = read_noise_list(megaface_noises, "megaface")
@@ -164,7 +172,7 @@ def parse_arguments(argv=None):
     parser.add_argument("--megaface-root", default="./data/megaface_images", help="MegaFace image folder")
     parser.add_argument("--output", default="./feature_out", help="feature output folder")
     parser.add_argument("--model", default="GhostFaceNets/GhostFaceNet_W1.3_S1_ArcFace.h5",
-                        help="model: .h5/.keras, .onnx, .pt/.pth or 'mxnet_prefix,epoch'")
+                        help="model: .h5/.keras, .onnx, .tflite, .pt/.pth or 'mxnet_prefix,epoch'")
     parser.add_argument("--nomf", action="store_true", help="skip the MegaFace distractors")
     parser.add_argument("--facescrub-noises", default=None, help="FaceScrub noise list (enables cleaning)")
     parser.add_argument("--megaface-noises", default=None, help="MegaFace noise list (enables cleaning)")
@@ -174,11 +182,9 @@ def parse_arguments(argv=None):
 
 def main(argv=None):
     """CLI entry: write the FaceScrub (and MegaFace) features, then the cleaned copy when a noise list is given."""
-    from IJB_evals import model_interface
-
     args = parse_arguments(argv)
     image_size = tuple(int(value) for value in args.image_size.split(",")[1:3])
-    interf = model_interface(args.model)
+    interf = load_runner(args.model)
     generate_features(interf, args.facescrub_lst, args.facescrub_root, args.output, "facescrub", args.algo,
                       args.batch_size, image_size)
     if not args.nomf:

@@ -26,10 +26,10 @@ import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its i
 
 # isort: split
 import keras
-import tensorflow as tf
 from keras import layers, ops
 
 import GhostFaceNets
+import keras_compat
 
 
 def balanced_group_labels(probabilities):
@@ -45,7 +45,7 @@ def balanced_group_labels(probabilities):
 
 def self_distributed_grouping_loss(probabilities):
     """The self-distributed grouping loss (scalar, float32): mean cross-entropy of the (N, K) group
-    probabilities against the pseudo groups of :func:`balanced_group_labels`."""
+    probabilities against the pseudo groups of `balanced_group_labels`."""
     probabilities = ops.cast(probabilities, "float32")
     labels = balanced_group_labels(probabilities)
     return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, probabilities))
@@ -102,7 +102,7 @@ class GroupDecisionNetwork(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_insightface")
-class GroupFace(layers.Layer):
+class GroupFace(keras_compat.EagerReadableLosses, layers.Layer):
     """GroupFace representation: (N, D) shared features → (N, ``emb_shape``) ``v + Σ_k p(k|x) · v_k``.
 
     ``groups`` K; ``gdn_hidden`` / ``gdn_blocks``: the group decision network's width and depth;
@@ -110,7 +110,9 @@ class GroupFace(layers.Layer):
     training call (0 adds none); ``use_bias``: biases of the instance / group projections;
     ``kernel_regularizer``: regulariser of every Dense kernel inside (``GhostFaceNets.add_l2_regularizer_2_model``
     does not reach inside this layer).
-    ``group_probabilities(x)`` gives the (N, K) float32 probabilities.
+    ``group_probabilities(x)`` gives the (N, K) float32 probabilities. The grouping loss of the latest call is in
+    ``model.losses``; read eagerly after a ``fit`` step (as ``myCallbacks.My_history`` does at each epoch end), the
+    graph tensor that step left behind is left out instead of raising (``keras_compat.EagerReadableLosses``).
     """
 
     def __init__(self, groups=4, emb_shape=512, gdn_hidden=256, gdn_blocks=2, grouping_loss_weight=0.1,
@@ -145,18 +147,6 @@ class GroupFace(layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.emb_shape)
-
-    def _get_own_losses(self):
-        """The grouping loss of the latest call, as Keras collects it into ``model.losses``.
-
-        A call traced inside a ``tf.function`` (every ``fit`` step) leaves a graph tensor behind, which cannot be
-        read once the step has run; read eagerly (as ``myCallbacks.My_history`` does at each epoch end), such
-        leftovers are left out instead of raising.
-        """
-        own = super()._get_own_losses()
-        if tf.executing_eagerly():
-            return [loss for loss in own if not tf.is_symbolic_tensor(loss)]
-        return own
 
     def get_config(self):
         return {
@@ -202,14 +192,14 @@ def shared_features(model, pooling):
 def build_groupface_model(basic_model_or_feature_model, groups=4, emb_shape=512, grouping_loss_weight=0.1,
                           gdn_hidden=256, gdn_blocks=2, pooling="GNAP", use_bias=False, kernel_regularizer=None,
                           name=None):
-    """A GroupFace embedding model: ``basic_model_or_feature_model`` → :class:`GroupFace` → BatchNorm →
+    """A GroupFace embedding model: ``basic_model_or_feature_model`` → `GroupFace` → BatchNorm →
     float32 ``embedding`` (N, ``emb_shape``), ready for ``train.Train(basic_model=...)``.
 
     The input is a basic model with a weightless ``embedding`` layer (GroupFace starts from that layer's input),
     or a feature model whose first output is a feature map (pooled by ``pooling``: ``"GNAP"`` or ``"GAP"``) or a
-    2-D feature; see :func:`shared_features`. The model shares the input model's layers (and weights).
+    2-D feature; see `shared_features`. The model shares the input model's layers (and weights).
     ``groups``, ``grouping_loss_weight``, ``gdn_hidden``, ``gdn_blocks``, ``use_bias``, ``kernel_regularizer``: see
-    :class:`GroupFace` (e.g. ``keras.regularizers.L2(5e-4 / 2)`` to match ``add_l2_regularizer_2_model(.., 5e-4)``).
+    `GroupFace` (e.g. ``keras.regularizers.L2(5e-4 / 2)`` to match ``add_l2_regularizer_2_model(.., 5e-4)``).
     """
     source = basic_model_or_feature_model
     groupface = GroupFace(groups, emb_shape, gdn_hidden, gdn_blocks, grouping_loss_weight, use_bias,

@@ -24,13 +24,10 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-NORMALIZE_EPSILON = 1e-5
+import keras_compat
+from preprocess import l2_normalize
 
-
-def l2_normalize(x, axis, epsilon=NORMALIZE_EPSILON):
-    """`x / sqrt(max(sum(x**2, axis), epsilon))`: unit L2 norm along `axis` (same rule as `tf.nn.l2_normalize`)."""
-    square_sum = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(square_sum, epsilon))
+NORMALIZE_EPSILON = 1e-5  # the floor of the squared norm when heads L2-normalise embeddings and centres
 
 
 @keras.saving.register_keras_serializable(package="keras_insightface")
@@ -110,7 +107,8 @@ class NormDense(keras.layers.Layer):
     def call(self, inputs, training=None):
         inputs = ops.cast(inputs, self.compute_dtype)
         kernel = ops.cast(self.kernel_for_call(training), self.compute_dtype)
-        cosine = ops.matmul(l2_normalize(inputs, axis=1), l2_normalize(kernel, axis=0))
+        cosine = ops.matmul(l2_normalize(inputs, axis=1, epsilon=NORMALIZE_EPSILON),
+                            l2_normalize(kernel, axis=0, epsilon=NORMALIZE_EPSILON))
         return self.cosine_to_output(cosine, inputs)
 
     def compute_output_shape(self, input_shape):
@@ -141,7 +139,8 @@ class NormDenseVPL(NormDense):
     Args:
         batch_size: per-replica batch size; the last batch's normalised inputs are kept in `norm_features`
             of shape (batch_size, emb), so batches must all have this size (drop the remainder).
-        units, kernel_regularizer: as for `NormDense` (`loss_top_k`, `append_norm`, `partial_fc_split` and layer
+        units: as for `NormDense`.
+        kernel_regularizer: as for `NormDense` (`loss_top_k`, `append_norm`, `partial_fc_split` and layer
             arguments go through `**kwargs`; with `loss_top_k > 1` the queued embedding is mixed into every
             sub-centre of its class).
         vpl_lambda: the mixing weight λ.
@@ -183,15 +182,17 @@ class NormDenseVPL(NormDense):
         if training:
             self.iters.assign_add(1)
         queue_lambda = self.queue_lambda()
-        norm_inputs = l2_normalize(inputs, axis=1)
+        norm_inputs = l2_normalize(inputs, axis=1, epsilon=NORMALIZE_EPSILON)
         if training:
             self.vpl_sample_ratio.assign(ops.mean(ops.cast(queue_lambda > 0, "float32")))
             self.norm_features.assign(norm_inputs)
 
-        norm_kernel = l2_normalize(ops.cast(self.kernel_for_call(training), self.compute_dtype), axis=0)
+        kernel = ops.cast(self.kernel_for_call(training), self.compute_dtype)
+        norm_kernel = l2_normalize(kernel, axis=0, epsilon=NORMALIZE_EPSILON)
         column_lambda = ops.repeat(queue_lambda, self.loss_top_k, axis=0)  # column c*k + j belongs to class c
         column_queue = ops.repeat(ops.transpose(self.queue_features), self.loss_top_k, axis=1)
-        injected_kernel = l2_normalize(norm_kernel * (1 - column_lambda) + column_queue * column_lambda, axis=0)
+        injected_kernel = norm_kernel * (1 - column_lambda) + column_queue * column_lambda
+        injected_kernel = l2_normalize(injected_kernel, axis=0, epsilon=NORMALIZE_EPSILON)
         return self.cosine_to_output(ops.matmul(norm_inputs, injected_kernel), inputs)
 
     def get_config(self):
@@ -205,15 +206,6 @@ class NormDenseVPL(NormDense):
             }
         )
         return config
-
-
-def flatten_losses(loss):
-    """The loss objects of `model.loss`, which may be one loss, a list or a dict."""
-    if isinstance(loss, dict):
-        return list(loss.values())
-    if isinstance(loss, (list, tuple)):
-        return list(loss)
-    return [loss]
 
 
 class VPLUpdateQueue(keras.callbacks.Callback):
@@ -233,12 +225,12 @@ class VPLUpdateQueue(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.vpl_layer is None:
-            found = [layer for layer in self.model._flatten_layers() if isinstance(layer, NormDenseVPL)]
+            found = [layer for layer in keras_compat.all_sublayers(self.model) if isinstance(layer, NormDenseVPL)]
             if not found:
                 raise ValueError("VPLUpdateQueue: the model has no NormDenseVPL layer")
             self.vpl_layer = found[0]
         if self.loss is None:
-            losses = flatten_losses(self.model.loss)
+            losses = keras.tree.flatten(self.model.loss)  # one loss, a list or a dict
             found = [ii for ii in losses if getattr(ii, "batch_labels_back_up", None) is not None]
             if not found:
                 raise ValueError(

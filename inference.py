@@ -3,16 +3,17 @@
 Preprocessing contract (what every embedding here, in ``evals.py`` and in training is computed from):
 
 1. Image: RGB, uint8 values 0..255, shape (112, 112, 3) (the model's input size), a face aligned with the
-   5-point ArcFace template (:func:`align`). Grayscale images are repeated to 3 channels, RGBA images lose their
+   5-point ArcFace template (`align`). Grayscale images are repeated to 3 channels, RGBA images lose their
    alpha channel, and an image of another size is resized bilinearly with a warning (an unaligned face gives
    poor embeddings: align it first).
-2. Normalisation: ``(x - 127.5) * 0.0078125`` (i.e. ``/ 128``), float32, layout NHWC (N, 112, 112, 3).
-   ONNX files exported with ``input_layout="NCHW"`` take (N, 3, 112, 112) instead; :class:`FaceEmbedder`
-   transposes for them.
+2. Normalisation: `preprocess.normalize`, float32, layout NHWC (N, 112, 112, 3), done inside the model
+   runners of `embedding` (Keras, ONNX, TFLite), which all take the uint8 batch. ONNX files exported with
+   ``input_layout="NCHW"`` take (N, 3, 112, 112) instead; the ONNX runner transposes for them.
 3. Embedding: ``model(x) + model(flip_left_right(x))`` when ``flip`` (the default, as the evaluation does), else
-   ``model(x)``, then divided by its L2 norm: float32 (N, D) unit vectors (D = 512 for the published models).
+   ``model(x)`` (`embedding.embed_images`), then divided by its L2 norm (`preprocess.l2_normalize`):
+   float32 (N, D) unit vectors (D = 512 for the published models).
 4. Similarity: the cosine of two embeddings (their dot product), in [-1, 1]; two images show one person when the
-   cosine is above a threshold chosen at a false-accept rate with :func:`threshold_at_far`.
+   cosine is above a threshold chosen at a false-accept rate with `calibrate_threshold`.
 
 Command line::
 
@@ -30,15 +31,23 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-# Re-exported: users find the whole inference API here.
-from face_align import ARCFACE_TEMPLATE, align_face, similarity_transform, template_for_size  # noqa: F401
+import evals
+from atomic_io import save_npz_atomic
 
-NORMALIZE_MEAN = 127.5
-NORMALIZE_SCALE = 0.0078125
-DEFAULT_IMAGE_SIZE = (112, 112)
+# The runners are re-exported: users find the whole inference API here.
+from embedding import (  # noqa: F401
+    DEFAULT_IMAGE_SIZE,
+    KerasRunner,
+    OnnxRunner,
+    TFLiteRunner,
+    embed_images,
+    load_runner,
+)
+from face_align import ARCFACE_TEMPLATE, align_face, similarity_transform, template_for_size  # noqa: F401
+from preprocess import l2_normalize, normalize
+
 DEFAULT_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-KERAS_SUFFIXES = {".keras", ".h5", ".hdf5"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -61,8 +70,8 @@ def align(image, landmarks5, size=112):
 
     ``landmarks5``: (5, 2) pixel coordinates (x, y) in ``image``, in the template's order (left eye, right eye,
     nose tip, left mouth corner, right mouth corner, left/right as seen in the image). The warp is the
-    least-squares similarity transform (:func:`similarity_transform`, Umeyama), bilinear, black outside the
-    image: :func:`face_align.align_face`, the alignment the IJB evaluation uses.
+    least-squares similarity transform (`similarity_transform`, Umeyama), bilinear, black outside the
+    image: `face_align.align_face`, the alignment the IJB evaluation uses.
     """
     return align_face(image, check_landmarks(landmarks5), size)
 
@@ -136,13 +145,8 @@ def resize_to(image, size, name, resized_names):
     return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def normalize(images):
-    """uint8 images → float32 ``(x - 127.5) * 0.0078125`` (the training and evaluation normalisation)."""
-    return (np.asarray(images, dtype=np.float32) - NORMALIZE_MEAN) * NORMALIZE_SCALE
-
-
 def load_faces(images, size=DEFAULT_IMAGE_SIZE):
-    """Images (paths, bytes or arrays; see :func:`as_image_list`) → uint8 RGB batch (N, H, W, 3) of ``size``.
+    """Images (paths, bytes or arrays; see `as_image_list`) → uint8 RGB batch (N, H, W, 3) of ``size``.
 
     Images of another size are resized bilinearly, with one warning naming the first of them.
     """
@@ -158,172 +162,13 @@ def load_faces(images, size=DEFAULT_IMAGE_SIZE):
 
 
 def preprocess(images, size=DEFAULT_IMAGE_SIZE):
-    """Images → float32 (N, H, W, 3) model input: :func:`load_faces` then :func:`normalize` (the contract of
-    this module)."""
+    """Images → float32 (N, H, W, 3) model input: `load_faces` then `preprocess.normalize` (what the
+    runners feed their model)."""
     return normalize(load_faces(images, size))
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Model runners: float32 NHWC batch → raw embeddings (N, D)
-
-
-def in_fixed_batches(run, batch, fixed_batch):
-    """``run(batch)``, or, for a model file with a fixed batch size, ``run`` on zero-padded chunks of that size."""
-    if fixed_batch is None:
-        return run(batch)
-    outputs = []
-    for start in range(0, len(batch), fixed_batch):
-        chunk = batch[start:start + fixed_batch]
-        padded = np.concatenate([chunk, np.zeros((fixed_batch - len(chunk), *chunk.shape[1:]), np.float32)])
-        outputs.append(run(padded)[: len(chunk)])
-    return np.concatenate(outputs)
-
-
-class KerasRunner:
-    """Runs a Keras embedding model in inference mode (``training=False``) through one traced ``tf.function``."""
-
-    kind = "keras"
-
-    def __init__(self, model):
-        import tensorflow as tf
-
-        self.model = embedding_model(model)
-        height, width = self.model.input_shape[1:3]
-        self.image_size = (height, width) if height and width else DEFAULT_IMAGE_SIZE
-        spec = tf.TensorSpec((None, height, width, 3), tf.float32)
-        self.function = tf.function(lambda batch: self.model(batch, training=False), input_signature=[spec])
-
-    def __call__(self, batch):
-        return np.asarray(self.function(batch), dtype=np.float32)
-
-
-class OnnxRunner:
-    """Runs an ONNX embedding model in onnxruntime (CPU); NCHW inputs (N, 3, H, W) are detected and transposed,
-    and a fixed batch size is filled by padding."""
-
-    kind = "onnx"
-
-    def __init__(self, path, num_threads=0):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = num_threads
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        model_input = self.session.get_inputs()[0]
-        self.input_name, shape = model_input.name, model_input.shape
-        self.channels_first = shape[1] == 3 and shape[3] != 3
-        height, width = (shape[2], shape[3]) if self.channels_first else (shape[1], shape[2])
-        static = isinstance(height, int) and isinstance(width, int)
-        self.image_size = (height, width) if static else DEFAULT_IMAGE_SIZE
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-
-    def run_exact(self, batch):
-        """One session run on ``batch`` (NHWC; transposed for an NCHW model)."""
-        batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)) if self.channels_first else batch
-        return self.session.run(None, {self.input_name: batch})[0].astype(np.float32)
-
-    def __call__(self, batch):
-        return in_fixed_batches(self.run_exact, batch, self.fixed_batch)
-
-
-def tflite_interpreter(path, num_threads=None):
-    """A LiteRT interpreter for ``path``: ``ai_edge_litert`` when installed, else TensorFlow's ``tf.lite``."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-
-        Interpreter = tf.lite.Interpreter
-    return Interpreter(model_path=str(path), num_threads=num_threads)
-
-
-class TFLiteRunner:
-    """Runs a float-input TFLite embedding model; a dynamic batch is resized to each call's batch, a fixed one is
-    filled by padding."""
-
-    kind = "tflite"
-
-    def __init__(self, path, num_threads=None):
-        self.interpreter = tflite_interpreter(path, num_threads)
-        self.input, self.output = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
-        if self.input["dtype"] != np.float32:
-            raise ValueError(f"{path}: the TFLite input is {np.dtype(self.input['dtype']).name}; only float32-input "
-                             "models (float32, float16 or dynamic-range int8) are supported")
-        self.image_size = tuple(int(size) for size in self.input["shape"][1:3])
-        self.fixed_batch = int(self.input["shape_signature"][0]) if self.input["shape_signature"][0] > 0 else None
-        self.allocated_batch = None
-
-    def run_exact(self, batch):
-        """Invoke once on ``batch`` whose size the interpreter accepts."""
-        if self.allocated_batch != len(batch):
-            if self.fixed_batch is None:
-                self.interpreter.resize_tensor_input(self.input["index"], batch.shape)
-            self.interpreter.allocate_tensors()
-            self.allocated_batch = len(batch)
-        self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(batch, dtype=np.float32))
-        self.interpreter.invoke()
-        return np.array(self.interpreter.get_tensor(self.output["index"]), dtype=np.float32)
-
-    def __call__(self, batch):
-        return in_fixed_batches(self.run_exact, batch, self.fixed_batch)
-
-
-def embedding_model(model):
-    """The embedding part of a Keras model: the model itself, or its sub-model ending at a layer named
-    ``embedding`` when the model has more (a training model with a classification head)."""
-    import keras
-
-    if len(model.inputs) != 1:
-        raise ValueError(f"model {model.name!r} has {len(model.inputs)} inputs; an embedding model takes one image")
-    layer = next((layer for layer in model.layers if layer.name == "embedding"), None)
-    if layer is not None and not any(output is layer.output for output in model.outputs):
-        warnings.warn(f"model {model.name!r} outputs more than its embedding; using its 'embedding' layer",
-                      stacklevel=3)
-        return keras.Model(model.inputs[0], layer.output, name=model.name)
-    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
-        raise ValueError(f"model {model.name!r} does not output (N, D) embeddings: outputs "
-                         f"{[tuple(output.shape) for output in model.outputs]}")
-    return model
-
-
-def load_runner(model_or_path, num_threads=None):
-    """A runner for a Keras model or a model file: ``.keras`` / ``.h5`` (Keras, including the original's
-    checkpoints), ``.onnx`` (onnxruntime) or ``.tflite`` (LiteRT). Raises FileNotFoundError / ValueError naming
-    the file when it is missing or of another kind."""
-    if not isinstance(model_or_path, str | Path):
-        return KerasRunner(model_or_path)
-    path = Path(model_or_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
-    suffix = path.suffix.lower()
-    if path.name.endswith(".weights.h5"):
-        raise ValueError(f"{path}: a weights-only file; build the model (GhostFaceNets.buildin_models(...)), call "
-                         "GhostFaceNets.load_weights(model, path) and pass the model instead")
-    if suffix == ".onnx":
-        return OnnxRunner(path, num_threads or 0)
-    if suffix == ".tflite":
-        return TFLiteRunner(path, num_threads)
-    if suffix not in KERAS_SUFFIXES:
-        raise ValueError(f"{path}: unsupported model file kind {suffix or '(no suffix)'!r}; expected .keras, .h5, "
-                         ".onnx or .tflite")
-    from GhostFaceNets import load_model
-
-    try:
-        model = load_model(str(path))
-    except Exception as error:  # Keras raises many types for foreign files; all mean "not a model file"
-        raise ValueError(f"{path}: cannot be loaded as a Keras model ({type(error).__name__}: {error})") from error
-    return KerasRunner(model)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Embedding and comparing
-
-
-def l2_normalize(embeddings):
-    """Rows divided by their L2 norm (zero rows stay zero), float32 (N, D)."""
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)
-    return embeddings / np.where(norms == 0, 1.0, norms)
 
 
 def compare(a, b):
@@ -342,11 +187,13 @@ class FaceEmbedder:
     """Embeds aligned face images with a Keras model or a model file, following the module's contract.
 
     Args:
-        model_or_path: a Keras embedding model, or a ``.keras`` / ``.h5`` / ``.onnx`` / ``.tflite`` file.
+        model_or_path: a Keras embedding model, or a model file: every file `GhostFaceNets.load_model`
+            opens (``.keras`` of Keras 3 or tf-keras, Keras 3 ``.h5``, the original's whole-model ``.h5``), or an
+            ``.onnx`` / ``.tflite`` export. A weights-only file raises ValueError saying how to load it.
         flip: add the embedding of the horizontally flipped image before normalising (as the evaluation does).
         batch_size: images per model call.
         detector: optional callable ``detector(rgb_uint8_image) -> (boxes (K, 4) [x, y, w, h], landmarks
-            (K, 5, 2), scores (K,))`` used by :meth:`embed_photo`, e.g. :class:`YuNetDetector`.
+            (K, 5, 2), scores (K,))`` used by `embed_photo`, e.g. `YuNetDetector`.
         num_threads: CPU threads for ONNX Runtime / LiteRT (default: their own choice).
     """
 
@@ -356,11 +203,8 @@ class FaceEmbedder:
         self.image_size = tuple(self.runner.image_size)
 
     def raw_embeddings(self, batch):
-        """Un-normalised embeddings (N, D) of a preprocessed float32 NHWC batch (flip added when ``flip``)."""
-        embeddings = self.runner(batch)
-        if self.flip:
-            embeddings = embeddings + self.runner(np.ascontiguousarray(batch[:, :, ::-1]))
-        return embeddings
+        """Un-normalised embeddings (N, D) float32 of a uint8 RGB NHWC batch (flip added when ``flip``)."""
+        return embed_images(self.runner, batch, self.flip)
 
     def embed(self, images, progress=False):
         """L2-normalised float32 embeddings (N, D) of aligned face images.
@@ -372,7 +216,7 @@ class FaceEmbedder:
         chunks = []
         starts = range(0, len(items), self.batch_size)
         for start in tqdm(starts, desc="embedding", unit="batch", disable=not progress):
-            batch = preprocess(items[start:start + self.batch_size], self.image_size)
+            batch = load_faces(items[start:start + self.batch_size], self.image_size)
             chunks.append(self.raw_embeddings(batch))
         if not chunks:
             raise ValueError("no images to embed")
@@ -419,7 +263,7 @@ def parse_yunet_faces(faces):
 
 
 class YuNetDetector:
-    """Face detector built on OpenCV's YuNet (``cv2.FaceDetectorYN``), a callable for :class:`FaceEmbedder`.
+    """Face detector built on OpenCV's YuNet (``cv2.FaceDetectorYN``), a callable for `FaceEmbedder`.
 
     ``model_path``: the YuNet ONNX file (e.g. ``face_detection_yunet_2023mar.onnx`` from the OpenCV model zoo),
     which you download yourself: nothing is downloaded at run time.
@@ -448,7 +292,7 @@ def pair_cosines(embeddings):
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if embeddings.ndim != 2 or len(embeddings) % 2:
         raise ValueError(f"expected (2N, D) pair embeddings (pair k = rows 2k, 2k+1), got shape {embeddings.shape}")
-    embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    embeddings = l2_normalize(embeddings)
     return np.sum(embeddings[0::2] * embeddings[1::2], axis=1)
 
 
@@ -462,22 +306,32 @@ def negative_cosines(embeddings, issame):
     return cosines, np.sort(cosines[~issame])[::-1]
 
 
-def threshold_at_far(embeddings, issame, far):
+def negative_far_curve(negatives):
+    """Candidate thresholds and their FAR for a decreasing array of negative-pair cosines: each negative cosine,
+    then -1.0; the FAR of a threshold is the fraction of negatives strictly above it (non-decreasing)."""
+    thresholds = np.append(negatives, -1.0)
+    ascending = negatives[::-1]
+    above = ascending.size - np.searchsorted(ascending, thresholds, side="right")
+    return thresholds, above / negatives.size
+
+
+def calibrate_threshold(embeddings, issame, far):
     """The cosine threshold at which a chosen false-accept rate is reached on an evaluation set.
 
     ``embeddings``: (2N, D) embeddings of N pairs (rows 2k, 2k+1, as in a ``.bin``); ``issame``: N booleans;
     ``far``: target fraction of different-person pairs accepted (e.g. 1e-3). Pairs count as "same person" when
     their cosine is strictly above the threshold. Returns the smallest threshold, among the negative pairs'
-    cosines, whose FAR is at most ``far``: the ``floor(far * negatives) + 1``-th largest negative cosine (-1.0
-    when every negative pair may be accepted). With fewer than ``1 / far`` negative pairs the FAR cannot be
-    resolved: the threshold is then the largest negative cosine (FAR 0) and a warning says so.
+    cosines, whose FAR is at most ``far`` (`evals.threshold_at_far` without interpolation): the
+    ``floor(far * negatives) + 1``-th largest negative cosine (-1.0 when every negative pair may be accepted).
+    With fewer than ``1 / far`` negative pairs the FAR cannot be resolved: the threshold is then the largest
+    negative cosine (FAR 0) and a warning says so.
     """
     _, negatives = negative_cosines(embeddings, issame)
-    accepted = int(np.floor(far * negatives.size + 1e-9))
-    if accepted == 0 and far > 0:
+    if far > 0 and far * negatives.size + 1e-9 < 1:
         warnings.warn(f"FAR {far:g} needs at least {int(np.ceil(1 / far))} different-person pairs, the set has "
                       f"{negatives.size}; returning the largest negative cosine (FAR 0 on this set)", stacklevel=2)
-    return float(negatives[accepted]) if accepted < negatives.size else -1.0
+    thresholds, fars = negative_far_curve(negatives)
+    return float(evals.threshold_at_far(thresholds, fars, far, interpolate=False))
 
 
 def verification_rates(cosines, issame, threshold):
@@ -500,7 +354,7 @@ def far_threshold_table(embeddings, issame, fars=DEFAULT_FARS):
     for far in fars:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            threshold = threshold_at_far(embeddings, issame, far)
+            threshold = calibrate_threshold(embeddings, issame, far)
         tar, reached = verification_rates(cosines, issame, threshold)
         rows.append({"far_target": far, "threshold": threshold, "far": reached, "tar": tar,
                      "negatives": negatives.size})
@@ -508,7 +362,7 @@ def far_threshold_table(embeddings, issame, fars=DEFAULT_FARS):
 
 
 def bin_embeddings(embedder, bin_path, limit=0, progress=True):
-    """Embeddings (2N, D) and ``issame`` (N,) of a ``.bin`` pair file with a :class:`FaceEmbedder`."""
+    """Embeddings (2N, D) and ``issame`` (N,) of a ``.bin`` pair file with a `FaceEmbedder`."""
     from bin_files import load_bin
 
     bins, issame = load_bin(bin_path, limit=limit)
@@ -516,9 +370,9 @@ def bin_embeddings(embedder, bin_path, limit=0, progress=True):
 
 
 def threshold_at_far_from_bin(embedder, bin_path, far, limit=0):
-    """:func:`threshold_at_far` on the pairs of a ``.bin`` file embedded with ``embedder`` (a FaceEmbedder)."""
+    """`calibrate_threshold` on the pairs of a ``.bin`` file embedded with ``embedder`` (a FaceEmbedder)."""
     embeddings, issame = bin_embeddings(embedder, bin_path, limit)
-    return threshold_at_far(embeddings, issame, far)
+    return calibrate_threshold(embeddings, issame, far)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -563,8 +417,8 @@ def embed_folder(embedder, folder, output_path, chunk=1024):
             skipped += bad
             progress.update(len(kept) + len(bad))
     relative = [str(path.relative_to(folder)) for path in paths]
-    np.savez(output_path, embeddings=np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32),
-             paths=np.array(relative, dtype=str), skipped=np.array([str(path) for path in skipped], dtype=str))
+    save_npz_atomic(output_path, embeddings=np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32),
+                    paths=np.array(relative, dtype=str), skipped=np.array([str(path) for path in skipped], dtype=str))
     return output_path
 
 

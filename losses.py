@@ -35,7 +35,9 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from heads import NormDense, NormDenseVPL, VPLUpdateQueue, flatten_losses, l2_normalize
+from atomic_io import save_npy_atomic
+from heads import NormDense, NormDenseVPL, VPLUpdateQueue
+from preprocess import l2_normalize
 
 __all__ = [
     "AcrTripLoss",
@@ -67,6 +69,7 @@ __all__ = [
     "combined_margin",
     "distiller_loss_cosine",
     "distiller_loss_euclidean",
+    "flatten_losses",
 ]
 
 register = keras.saving.register_keras_serializable(package="keras_insightface")
@@ -181,7 +184,8 @@ class MarginLossBase(InsightfaceLoss):
 
     Args:
         scale: the logit scale `s`.
-        from_logits, label_smoothing: passed to `keras.losses.categorical_crossentropy`.
+        from_logits: passed to `keras.losses.categorical_crossentropy`.
+        label_smoothing: passed to `keras.losses.categorical_crossentropy`.
         **kwargs: `name`, `reduction`, `dtype` of `keras.losses.Loss`.
 
     Subclasses define `margin_logits(y_true, cosine)`: the scaled logits with the margin applied to the target
@@ -561,7 +565,10 @@ class AdaCosLoss(InsightfaceLoss):
 # Center loss
 # ----------------------------------------------------------------------------------------------------------------
 class Save_Numpy_Callback(keras.callbacks.Callback):  # noqa: N801 (the original's name)
-    """Save a variable to `<splitext(save_file)[0]>.npy` at the end of every epoch (CenterLoss centres)."""
+    """Save a variable to `<splitext(save_file)[0]>.npy` at the end of every epoch (CenterLoss centres).
+
+    The file is written atomically: a reader or a resumed run sees the previous epoch's array or the new one.
+    """
 
     def __init__(self, save_file, save_tensor):
         super().__init__()
@@ -569,7 +576,7 @@ class Save_Numpy_Callback(keras.callbacks.Callback):  # noqa: N801 (the original
         self.save_tensor = save_tensor
 
     def on_epoch_end(self, epoch=0, logs=None):
-        np.save(self.save_file, keras.ops.convert_to_numpy(self.save_tensor))
+        save_npy_atomic(self.save_file + ".npy", keras.ops.convert_to_numpy(self.save_tensor))
 
 
 def gather_replicas(tensor):
@@ -663,7 +670,7 @@ class CenterLossCosine(CenterLoss):
     """Center loss with cosine distance: per sample `1 - cos(e, c_y)`; centres are updated as in `CenterLoss`."""
 
     def distance(self, centers_batch, embedding):
-        return 1 - ops.sum(l2_normalize(embedding, 1, 1e-12) * l2_normalize(centers_batch, 1, 1e-12), axis=-1)
+        return 1 - ops.sum(l2_normalize(embedding, axis=1) * l2_normalize(centers_batch, axis=1), axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -671,7 +678,7 @@ class CenterLossCosine(CenterLoss):
 # ----------------------------------------------------------------------------------------------------------------
 def cosine_similarities(embeddings):
     """Pairwise cosine similarity matrix (batch, batch) of L2-normalised embeddings."""
-    norm_emb = l2_normalize(embeddings, 1, 1e-12)
+    norm_emb = l2_normalize(embeddings, axis=1)
     return ops.matmul(norm_emb, ops.transpose(norm_emb))
 
 
@@ -794,7 +801,7 @@ class BatchAllTripletLoss(TripletLossWapper):
 
 def offline_triplet_similarities(embeddings):
     """For a batch laid out as [anchor, positive, negative] triples: cos(a, p) and cos(a, n), shape (batch/3,)."""
-    norm_emb = ops.reshape(l2_normalize(embeddings, 1, 1e-12), (-1, 3, embeddings.shape[-1]))
+    norm_emb = ops.reshape(l2_normalize(embeddings, axis=1), (-1, 3, embeddings.shape[-1]))
     anchor, positive, negative = norm_emb[:, 0], norm_emb[:, 1], norm_emb[:, 2]
     return ops.sum(anchor * positive, -1), ops.sum(anchor * negative, -1)
 
@@ -918,6 +925,15 @@ class LossRunningValuesLogger(keras.callbacks.Callback):
             logs.update(values)
         for key, value in values.items():
             self.history.setdefault(key, []).append(value)
+
+
+def flatten_losses(loss):
+    """The loss objects of `model.loss`, which may be one loss, a list or a dict (values in insertion order)."""
+    if isinstance(loss, dict):
+        return list(loss.values())
+    if isinstance(loss, (list, tuple)):
+        return list(loss)
+    return [loss]
 
 
 def _model_losses(model):

@@ -11,9 +11,13 @@ Learning-rate schedulers (all expose `lr_at(epoch, batch=0)`, a pure function of
 
 Other callbacks: `My_history` (the `<stem>_hist.json` file), `ModelCheckpoint` (atomic per-epoch and latest
 model files, never written after a NaN), `ExitOnNaN`, `OptimizerWeightDecay` (tfa SGDW/AdamW recipes on Keras 3
-optimizers), `Gently_stop_callback`, and `VPLUpdateQueue` (re-exported from `heads`).
+optimizers), `Gently_stop_callback`, and `VPLUpdateQueue` (the original's name here for `heads.VPLUpdateQueue`).
+`standard_callbacks` builds the history / checkpoint / scheduler set of a run (for `basic_callbacks` and
+`train.Train`). Files are written through `atomic_io`.
 
-Nothing here prints unless asked (`verbose`), except `ExitOnNaN`'s one message and `ModelCheckpoint(verbose=1)`.
+Messages go to this module's logger (on the chief worker only under `tf.distribute`): `ExitOnNaN`'s warning, and
+at INFO level what `verbose` asks for. `My_history.print_hist` and the `Gently_stop_callback` prompt write to the
+terminal.
 """
 
 import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
@@ -23,17 +27,19 @@ import json
 import math
 import os
 import select
-import shutil
 import sys
 from functools import partial
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from heads import VPLUpdateQueue
-from losses import LossRunningValuesLogger
+import atomic_io
+import losses
+from distributed import chief_logger
+from heads import VPLUpdateQueue  # the original's name in this module
+
+logger = chief_logger(__name__)
 
 __all__ = [
     "ConstantDecayScheduler",
@@ -51,9 +57,8 @@ __all__ = [
     "constant_scheduler",
     "exp_scheduler",
     "keras3_weight_decay",
-    "save_model_atomic",
     "scheduler_from_options",
-    "write_json_atomic",
+    "standard_callbacks",
 ]
 
 BATCH_LEVEL_COSINE_FROM = 500  # README rule: lr_decay_steps >= 500 counts batches, below it epochs
@@ -190,8 +195,8 @@ class EpochLrScheduler(keras.callbacks.Callback):
     """Set the optimizer LR to `schedule(epoch)` at each epoch begin; base of the epoch-level schedulers.
 
     `lr_at(epoch, batch=0)` returns `schedule(epoch)` (the batch is ignored). `on_epoch_begin(epoch)` also works
-    without a model and returns the LR, as in the original READMEs' plotting examples. `verbose=1` prints the LR
-    of each epoch.
+    without a model and returns the LR, as in the original READMEs' plotting examples. `verbose=1` logs the LR
+    of each epoch (INFO).
     """
 
     is_on_batch = False
@@ -209,7 +214,7 @@ class EpochLrScheduler(keras.callbacks.Callback):
         if self.model is not None:
             set_learning_rate(self.model.optimizer, lr)
         if self.verbose:
-            print(f"\nLearning rate for iter {epoch + 1} is {lr}")
+            logger.info("Learning rate for iter %d is %s", epoch + 1, lr)
         return lr
 
 
@@ -318,7 +323,7 @@ class CosineLrScheduler(keras.callbacks.Callback):
         if self.model is not None:
             set_learning_rate(self.model.optimizer, lr)
         if self.verbose and batch == 0:
-            print(f"\nLearning rate for iter {self.cur_epoch + 1} is {lr}")
+            logger.info("Learning rate for iter %d is %s", self.cur_epoch + 1, lr)
         return lr
 
 
@@ -368,7 +373,7 @@ class OptimizerWeightDecay(keras.callbacks.Callback):
     `on_train_begin`, before the train step is traced, and follows every scheduler automatically, batch-level ones
     included (`is_lr_on_batch` is accepted for compatibility and changes nothing). Keras reads the value when it
     traces the train step, so a change takes effect at the next `compile` + `fit`, not in an already traced run.
-    `verbose=1` prints the value.
+    `verbose=1` logs the value (INFO).
     """
 
     def __init__(self, lr_base, wd_base, is_lr_on_batch=False, verbose=0):
@@ -380,25 +385,13 @@ class OptimizerWeightDecay(keras.callbacks.Callback):
         optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
         optimizer.weight_decay = self.weight_decay
         if self.verbose:
-            print(f"Weight decay is {self.weight_decay} x learning rate (tfa-style {self.wd_base} at lr "
-                  f"{self.lr_base})")
+            logger.info("Weight decay is %s x learning rate (tfa-style %s at lr %s)", self.weight_decay, self.wd_base,
+                        self.lr_base)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # History
 # ----------------------------------------------------------------------------------------------------------------
-def write_json_atomic(path, data):
-    """Write `data` as strict JSON to `path` through a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as ff:
-            json.dump(data, ff, allow_nan=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def read_history_file(path):
     """The dict of lists stored in a `_hist.json` file; a clear error names the file when it is not one."""
     try:
@@ -412,9 +405,18 @@ def read_history_file(path):
 
 
 def finite_or_none(value):
-    """`float(value)`, or None (JSON null) when it is NaN or infinite."""
+    """`float(value)`, or None (JSON null) when it is None, NaN or infinite."""
+    if value is None:
+        return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def skipped_evaluation(eval_callback, embeddings_at_epoch_begin):
+    """Whether `eval_callback` skipped this epoch's evaluation (non-finite embeddings, e.g. after a NaN loss): an
+    `evals.eval_callback` replaces its `embs` at every evaluation it completes, so `embs` still being
+    `embeddings_at_epoch_begin` means its `cur_acc` is an older value. Objects without `embs` count as evaluated."""
+    return hasattr(eval_callback, "embs") and eval_callback.embs is embeddings_at_epoch_begin
 
 
 def rename_accuracy_keys(keys):
@@ -438,7 +440,8 @@ class My_history(keras.callbacks.Callback):  # noqa: N801 (the original's public
     eval callback `<bin stem>` = `cur_acc` and `<bin stem>_thresh` = `acc_thresh`; each `custom_obj` entry
     (name → callable, its mean); `regular_loss` = `sum(model.losses)` (the weight regularisers; `add_loss` values
     left over from a traced step are skipped) when the model has any; and the losses'
-    running values (`losses.LossRunningValuesLogger` keys) unless already in the logs. NaN/inf are written as null.
+    running values (`losses.LossRunningValuesLogger` keys) unless already in the logs. NaN/inf are written as null,
+    and so is an evaluation the eval callback skipped (`skipped_evaluation`), both accuracy and threshold.
 
     The file is reloaded at construction when it exists and rewritten atomically at every epoch end. At
     `on_epoch_begin(epoch)` entries recorded for epochs >= `epoch` are dropped (when `truncate_on_resume`), so a
@@ -454,6 +457,7 @@ class My_history(keras.callbacks.Callback):  # noqa: N801 (the original's public
         self.truncate_on_resume = truncate_on_resume
         exists = initial_file and os.path.exists(initial_file)
         self.history = read_history_file(initial_file) if exists else {}
+        self.embeddings_at_epoch_begin = {id(ee): getattr(ee, "embs", None) for ee in self.evals}
 
     def append(self, key, value):
         """Add one epoch's `value` to `history[key]`."""
@@ -473,12 +477,13 @@ class My_history(keras.callbacks.Callback):  # noqa: N801 (the original's public
     def on_epoch_begin(self, epoch, logs=None):
         if self.truncate_on_resume:
             self.truncate(epoch)
+        self.embeddings_at_epoch_begin = {id(ee): getattr(ee, "embs", None) for ee in self.evals}
 
     def running_values(self):
         """Running values of the model's losses (`LossRunningValuesLogger` keys → float)."""
-        logger = LossRunningValuesLogger()
-        logger.set_model(self.model)
-        return logger.current_values()
+        values_logger = losses.LossRunningValuesLogger()
+        values_logger.set_model(self.model)
+        return values_logger.current_values()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {kk: vv for kk, vv in (logs or {}).items() if kk not in ("lr", "learning_rate")}
@@ -487,8 +492,9 @@ class My_history(keras.callbacks.Callback):  # noqa: N801 (the original's public
         for key, history_key in rename_accuracy_keys(list(logs)).items():
             self.append(history_key, keras.ops.convert_to_numpy(logs[key]))
         for ee in self.evals:
-            self.append(ee.test_names, ee.cur_acc)
-            self.append(ee.test_names + "_thresh", ee.acc_thresh)
+            skipped = skipped_evaluation(ee, self.embeddings_at_epoch_begin.get(id(ee)))
+            self.append(ee.test_names, None if skipped else ee.cur_acc)
+            self.append(ee.test_names + "_thresh", None if skipped else ee.acc_thresh)
         for key, fn in self.custom_obj.items():
             self.append(key, np.mean(keras.ops.convert_to_numpy(fn())))
         eager_losses = [loss for loss in self.model.losses if not tf.is_symbolic_tensor(loss)]
@@ -501,7 +507,7 @@ class My_history(keras.callbacks.Callback):  # noqa: N801 (the original's public
             if key not in logs:
                 self.append(key, value)
         if self.initial_file:
-            write_json_atomic(self.initial_file, self.history)
+            atomic_io.write_json_atomic(self.initial_file, self.history)
 
     def print_hist(self):
         """Print the history as `{ 'key': [values], ... }`, one key a line."""
@@ -520,63 +526,22 @@ def is_finite_loss(logs):
     return loss is None or bool(np.all(np.isfinite(keras.ops.convert_to_numpy(loss))))
 
 
-def model_file_suffix(path):
-    """The saving format ending of `path`: `.keras`, `.weights.h5` or `.h5`; an error otherwise."""
-    name = str(path)
-    for suffix in (".keras", ".weights.h5", ".h5"):
-        if name.endswith(suffix):
-            return suffix
-    raise ValueError(f"{path}: a model checkpoint must end with .keras, .h5 or .weights.h5")
-
-
-def save_model_atomic(model, path, save_weights_only=False):
-    """Save `model` to `path` through a temporary file with the same ending in the same folder, then `os.replace`.
-
-    `.keras`: full model with optimizer state; `.h5`: legacy HDF5 model; `.weights.h5` (or `save_weights_only`):
-    weights only, which needs a `.weights.h5` name.
-    """
-    path = Path(path)
-    suffix = model_file_suffix(path)
-    weights_only = save_weights_only or suffix == ".weights.h5"
-    if weights_only and suffix != ".weights.h5":
-        raise ValueError(f"{path}: weights-only checkpoints must end with .weights.h5")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.tmp-{os.getpid()}{suffix}")
-    try:
-        if weights_only:
-            model.save_weights(tmp)
-        else:
-            model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def copy_file_atomic(source, destination):
-    """Copy `source` to `destination` through a temporary file in the destination's folder and `os.replace`."""
-    destination = Path(destination)
-    tmp = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, destination)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class ModelCheckpoint(keras.callbacks.Callback):
     """Save the model at every epoch end to `filepath.format(epoch=epoch + 1, **logs)` and to `latest_path`.
 
     E.g. `ModelCheckpoint("checkpoints/X_epoch{epoch:02d}.keras", latest_path="checkpoints/X.keras")` writes
     `checkpoints/X_epoch01.keras`, ... and overwrites `checkpoints/X.keras`; each file is written atomically
-    (see `save_model_atomic`). An epoch whose loss is not finite, or in which any batch loss was not finite,
-    saves nothing, so the last good files stay. `verbose=1` prints one line per saved file.
+    (`atomic_io.save_model_atomic`). `filepath` is a `str.format` pattern: braces meant literally are doubled
+    (`literal_format_text`); `latest_path` is a plain path. An epoch whose loss is not finite, or in which any
+    batch loss was not finite, saves nothing, so the last good files stay. `verbose=1` logs one line per saved file
+    (INFO) and a warning for an epoch not saved.
     """
 
     def __init__(self, filepath, latest_path=None, save_weights_only=False, verbose=1):
         super().__init__()
-        model_file_suffix(filepath)
+        atomic_io.model_file_suffix(filepath)
         if latest_path is not None:
-            model_file_suffix(latest_path)
+            atomic_io.model_file_suffix(latest_path)
         self.filepath, self.latest_path = os.fspath(filepath), latest_path and os.fspath(latest_path)
         self.save_weights_only, self.verbose = save_weights_only, verbose
         self.nan_detected = False
@@ -592,20 +557,21 @@ class ModelCheckpoint(keras.callbacks.Callback):
         logs = logs or {}
         if self.nan_detected or not is_finite_loss(logs):
             if self.verbose:
-                print(f"\nEpoch {epoch + 1}: loss is not finite, no checkpoint saved (the previous one is kept)")
+                logger.warning("Epoch %d: loss is not finite, no checkpoint saved (the previous one is kept)",
+                               epoch + 1)
             return
         paths = [self.filepath.format(epoch=epoch + 1, **logs)]
         if self.latest_path:
             paths.append(self.latest_path)
-        save_model_atomic(self.model, paths[0], self.save_weights_only)
+        atomic_io.save_model_atomic(self.model, paths[0], self.save_weights_only)
         for path in paths[1:]:
-            copy_file_atomic(paths[0], path)
+            atomic_io.copy_file_atomic(paths[0], path)
         if self.verbose:
-            print(f"\nEpoch {epoch + 1}: saving model to {' and '.join(paths)}")
+            logger.info("Epoch %d: saving model to %s", epoch + 1, " and ".join(paths))
 
 
 class ExitOnNaN(keras.callbacks.Callback):
-    """Stop training at the first batch whose loss is NaN or infinite (prints one message, sets `nan_detected`).
+    """Stop training at the first batch whose loss is NaN or infinite (logs one warning, sets `nan_detected`).
 
     The process keeps running (the original called `sys.exit()`), so callers can react; `ModelCheckpoint` saves
     nothing for that epoch.
@@ -620,8 +586,8 @@ class ExitOnNaN(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if not is_finite_loss(logs):
-            print(f"\nExitOnNaN: loss is {logs['loss']} at epoch {self.cur_epoch + 1}, batch {batch}; "
-                  "stopping training")
+            logger.warning("ExitOnNaN: loss is %s at epoch %d, batch %d; stopping training", logs["loss"],
+                           self.cur_epoch + 1, batch)
             self.nan_detected = True
             self.model.stop_training = True
 
@@ -638,9 +604,10 @@ class Gently_stop_callback(keras.callbacks.Callback):  # noqa: N801 (the origina
         """The line typed within `time_out` seconds, "" when none or when stdin is not a terminal."""
         if not sys.stdin.isatty():
             return ""
-        print(self.prompt, end=": ", flush=True)
+        sys.stdout.write(f"{self.prompt}: ")  # an interactive prompt on the terminal, not a log message
+        sys.stdout.flush()
         ready, _, _ = select.select([sys.stdin], [], [], self.time_out)
-        print()
+        sys.stdout.write("\n")
         return sys.stdin.readline().strip() if ready else ""
 
     def on_epoch_end(self, epoch, logs=None):
@@ -651,13 +618,39 @@ class Gently_stop_callback(keras.callbacks.Callback):  # noqa: N801 (the origina
 # ----------------------------------------------------------------------------------------------------------------
 # Default set
 # ----------------------------------------------------------------------------------------------------------------
+def literal_format_text(text):
+    """`text` as literal text of a `str.format` pattern (braces doubled): a folder or run name such as `ckpt{1}`
+    or `run{loss}` is then written as it is, not filled in."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 def split_model_name(checkpoint):
     """(stem, ending) of a checkpoint name: `X.keras` → (`X`, `.keras`); no known ending → `.keras`."""
     name = os.path.basename(os.fspath(checkpoint))
-    for suffix in (".keras", ".weights.h5", ".h5"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)], suffix
+    suffix = atomic_io.file_suffix(name)
+    if suffix in atomic_io.MODEL_SUFFIXES:
+        return name[: -len(suffix)], suffix
     return name, ".keras"
+
+
+def standard_callbacks(folder, stem, suffix=".keras", evals=(), lr_scheduler=None, verbose=1):
+    """`[My_history, ModelCheckpoint, lr_scheduler]` of a run named `stem` writing into `folder` (created).
+
+    Args:
+        folder: where the files go.
+        stem: the run's name: history `<stem>_hist.json`, per-epoch models `<stem>_epoch01<suffix>`, ... (1-based)
+            and the latest model `<stem><suffix>`.
+        suffix: `.keras` (full model with optimizer state), `.h5` or `.weights.h5`.
+        evals: eval callbacks whose accuracies the history records.
+        lr_scheduler: the learning-rate scheduler callback returned last (None: none).
+        verbose: `ModelCheckpoint`'s verbosity.
+    """
+    os.makedirs(folder, exist_ok=True)
+    my_history = My_history(os.path.join(folder, stem + "_hist.json"), evals=evals)
+    epoch_pattern = literal_format_text(os.path.join(folder, stem)) + "_epoch{epoch:02d}" + suffix
+    model_checkpoint = ModelCheckpoint(epoch_pattern, latest_path=os.path.join(folder, stem + suffix),
+                                       verbose=verbose)
+    return [my_history, model_checkpoint, lr_scheduler]
 
 
 def basic_callbacks(checkpoint="keras_checkpoints.keras", evals=[], lr=0.001, lr_decay=0.05, lr_min=0,  # noqa: B006
@@ -666,13 +659,9 @@ def basic_callbacks(checkpoint="keras_checkpoints.keras", evals=[], lr=0.001, lr
 
     For `checkpoint="X.keras"` (stem `X`) in `checkpoint_dir` (created): history `X_hist.json`, per-epoch models
     `X_epoch01.keras`, `X_epoch02.keras`, ... (1-based) and the latest model `X.keras`; `.h5` / `.weights.h5`
-    names keep their format. The scheduler is `scheduler_from_options(lr, lr_decay, lr_min, lr_decay_steps,
-    lr_warmup_steps)`. Nothing interactive is included (add `Gently_stop_callback()` yourself).
+    names keep their format (`standard_callbacks`). The scheduler is `scheduler_from_options(lr, lr_decay, lr_min,
+    lr_decay_steps, lr_warmup_steps)`. Nothing interactive is included (add `Gently_stop_callback()` yourself).
     """
-    os.makedirs(checkpoint_dir, exist_ok=True)
     stem, suffix = split_model_name(checkpoint)
-    my_history = My_history(os.path.join(checkpoint_dir, stem + "_hist.json"), evals=evals)
-    model_checkpoint = ModelCheckpoint(os.path.join(checkpoint_dir, stem + "_epoch{epoch:02d}" + suffix),
-                                       latest_path=os.path.join(checkpoint_dir, stem + suffix))
     lr_scheduler = scheduler_from_options(lr, lr_decay, lr_min, lr_decay_steps, lr_warmup_steps)
-    return [my_history, model_checkpoint, lr_scheduler]
+    return standard_callbacks(checkpoint_dir, stem, suffix, evals, lr_scheduler)

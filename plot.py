@@ -1,6 +1,7 @@
 """Plots of training histories (`<stem>_hist.json` files written by `myCallbacks.My_history`) and LR schedules.
 
-Figures are built with matplotlib's object API on the Agg canvas (no display needed), saved as PNG and returned.
+Figures are built with matplotlib's object API on the Agg canvas (no display needed), saved as PNG (atomically,
+`atomic_io.save_figure_atomic`) and returned.
 The x axis is the 0-based epoch. A history key shorter than `lr` (one that started in a later training stage)
 is drawn over the latest epochs, as `My_history` records it.
 """
@@ -11,6 +12,8 @@ import os
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from atomic_io import save_figure_atomic
 
 
 def load_history(hist_file_or_dict):
@@ -107,7 +110,7 @@ def plot_history(hist_files_or_dicts, names=None, save_path="history.png", skip_
         ax.legend(fontsize="small")
     figure.tight_layout()
     if save_path:
-        figure.savefig(save_path)
+        save_figure_atomic(figure, save_path)
     return figure
 
 
@@ -134,5 +137,5 @@ def plot_lr_schedule(scheduler, epochs, steps_per_epoch=1, save_path="lr_schedul
     ax.legend()
     figure.tight_layout()
     if save_path:
-        figure.savefig(save_path)
+        save_figure_atomic(figure, save_path)
     return figure

@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from atomic_io import save_figure_atomic
+
 DEFAULT_TABLE = Path(__file__).resolve().with_name("plot_parameters_results.csv")
 TABLE_COLUMNS = ["model", "benchmark", "accuracy", "mflops", "params_m", "train_set", "ours", "source"]
 REQUIRED_COLUMNS = ["model", "benchmark", "accuracy", "mflops", "params_m"]
@@ -59,7 +61,7 @@ def load_results(path=None):
 
 
 def plotted_points(table, benchmark="calfw", x="mflops"):
-    """The rows of ``table`` drawn by :func:`plot_accuracy_vs_cost`: ``benchmark`` rows with both an accuracy and
+    """The rows of ``table`` drawn by `plot_accuracy_vs_cost`: ``benchmark`` rows with both an accuracy and
     an ``x`` value (``"mflops"`` or ``"params"``), one per model.
 
     Raises ``ValueError`` naming the benchmark and listing the available ones when nothing is left to plot.
@@ -117,7 +119,7 @@ def batchnorm_float_ops(layer, count_additions):
 
 
 def layer_float_ops(layer, count_additions=False):
-    """Profiler float ops (twice the FLOPs of :func:`count_flops`) of one layer for one sample."""
+    """Profiler float ops (twice the FLOPs of `count_flops`) of one layer for one sample."""
     from keras import layers
 
     import GhostFaceNets
@@ -144,7 +146,7 @@ def layer_float_ops(layer, count_additions=False):
 
 def model_rows(name, model_path, accuracy, benchmark, train_set=""):
     """A one-row results table for a saved model: its accuracy on ``benchmark`` (%), MFLOPs and params from
-    :func:`count_flops`, marked as ours. ``model_path``: a ``.keras`` / ``.h5`` file GhostFaceNets can open."""
+    `count_flops`, marked as ours. ``model_path``: a ``.keras`` / ``.h5`` file GhostFaceNets can open."""
     import GhostFaceNets
 
     flops, params = count_flops(GhostFaceNets.load_model(model_path))
@@ -169,9 +171,10 @@ def plot_accuracy_vs_cost(table, benchmark="calfw", x="mflops", save_path=None, 
     """Scatter accuracy (%) on ``benchmark`` against MFLOPs (``x="mflops"``) or millions of parameters
     (``x="params"``), one labelled point per model, ours with red marker edges; legend at lower right in 2 columns.
 
-    ``table``: a DataFrame as returned by :func:`load_results`. Saves to ``save_path`` (default
-    ``<benchmark>_<x>.png``) in the format given by its extension and returns the path. Raises ``ValueError``
-    (naming the benchmark and listing the available ones) when the benchmark has no data for ``x``.
+    ``table``: a DataFrame as returned by `load_results`. Saves to ``save_path`` (default
+    ``<benchmark>_<x>.png``, written atomically) in the format given by its extension and returns the path.
+    Raises ``ValueError`` (naming the benchmark and listing the available ones) when the benchmark has no data for
+    ``x``.
     """
     points = plotted_points(table, benchmark, x)
     x_column, x_label = X_COLUMNS[x]
@@ -191,8 +194,7 @@ def plot_accuracy_vs_cost(table, benchmark="calfw", x="mflops", save_path=None, 
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right", ncol=2, fontsize=7)
     figure.tight_layout()
-    save_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(save_path, format=file_format, dpi=dpi)
+    save_figure_atomic(figure, save_path, format=file_format, dpi=dpi)
     plt.close(figure)
     return save_path
 

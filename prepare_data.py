@@ -4,7 +4,8 @@
 - `-D dir`: convert an insightface dataset folder (`train.rec`, `train.idx`, `property`, `*.bin`) into class
   folders `<save_dir>/<class>/<record key>.jpg`, without mxnet. The JPEG bytes are written exactly as stored.
   Resumable: files already present are skipped (each file is written under a temporary name and renamed, so a
-  file that exists is complete). Records that cannot be read are reported and skipped.
+  file that exists is complete). Records that cannot be read (truncated `.rec`, `.idx` offsets past its end, a
+  NaN, negative or fractional label) are reported with the file and key, counted and skipped.
 - `-D dir -T lfw.bin ...`: rewrite those evaluation `.bin` files (names relative to `-D`) in place into a
   plain `[list of bytes, list of bool]` pickle, which our loader and the original code read directly.
 - `--synthetic dir`: build the synthetic demo data set (`dir/train/<id>/<k>.jpg` and `dir/val.bin`).
@@ -17,6 +18,8 @@
 
 import argparse
 import json
+import logging
+import math
 import os
 import sys
 import warnings
@@ -24,79 +27,126 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from atomic_io import remove_stale_temp_files, write_bytes_atomic, write_text_atomic
 from bin_files import load_bin, save_bin
 from recordio import RecordIOError, RecordIOReader, unpack
 
+logger = logging.getLogger(__name__)
+
 PNG_SIGNATURE = b"\x89PNG"
+MAX_LISTED_RECORDS = 20
+
+
+def _class_index(value, source):
+    """`value` (a float label) as a class index; `RecordIOError` naming `source` unless a non-negative integer."""
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0 and value.is_integer()):
+        raise RecordIOError(f"{source}: label {value} is not a non-negative integer class index")
+    return int(value)
 
 
 def _image_keys(reader):
     """Keys of the image records: `1 … int(label[0]) − 1` when record 0 is the insightface header, else all keys."""
     keys = reader.keys
     if keys and keys[0] == 0:
-        header, _ = unpack(reader.read(0), f"{reader.rec_path} key 0")
+        source = f"{reader.rec_path} key 0"
+        header, _ = unpack(reader.read(0), source)
         if header.flag > 0:
-            first_non_image = int(header.label[0])
+            first_non_image = _class_index(header.label[0], source)
             return [key for key in keys if 1 <= key < first_non_image]
     return keys
 
 
-def _write_atomically(path, data):
-    """Write `data` to `path` through a temporary file in the same folder, so `path` is never half written."""
-    temporary = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".part")
-    with open(temporary, "wb") as file:
-        file.write(data)
-    os.replace(temporary, path)
+def _read_class_and_image(reader, key):
+    """`(class index, image bytes)` of record `key`: `label` for a single-label header, the first label of a
+    multi-label one. Raises `RecordIOError` naming the file, key or offset for a damaged record or a label that is
+    not a non-negative integer (NaN, negative, fractional)."""
+    header, image = reader.read_image_record(key)
+    label = header.label if header.flag == 0 else header.label[0]
+    return _class_index(label, f"{reader.rec_path} key {key}"), image
 
 
-def _record_class(header):
-    """Class index of an image record: `label` for a single-label header, the first label for a multi-label one."""
-    return int(header.label if header.flag == 0 else header.label[0])
+def _image_path(save_dir, class_index, key, image, known_dirs):
+    """Where record `key` goes: `save_dir/<class>/<key>.jpg` (`.png` for PNG bytes). A class folder met for the
+    first time in this run is created and cleared of the temporary files a killed run left there."""
+    class_dir = os.path.join(save_dir, str(class_index))
+    if class_dir not in known_dirs:
+        os.makedirs(class_dir, exist_ok=True)
+        remove_stale_temp_files(class_dir)
+        known_dirs.add(class_dir)
+    extension = ".png" if image.startswith(PNG_SIGNATURE) else ".jpg"
+    return os.path.join(class_dir, f"{key}{extension}")
+
+
+@dataclass
+class _RecordCounts:
+    """What a RecordIO conversion did: files written, already present, and records unreadable (skipped)."""
+
+    written: int = 0
+    existing: int = 0
+    unreadable: int = 0
+
+    def skip(self, key, error):
+        """Count record `key` as unreadable; warn with `error` (naming file, key, offset) for the first few."""
+        self.unreadable += 1
+        if self.unreadable <= MAX_LISTED_RECORDS:
+            warnings.warn(f"skipping unreadable record key {key}: {error}", stacklevel=3)
+        elif self.unreadable == MAX_LISTED_RECORDS + 1:
+            warnings.warn(f"more than {MAX_LISTED_RECORDS} unreadable records: the others are only counted",
+                          stacklevel=3)
+
+
+def _convert_records(reader, keys, save_dir):
+    """Write the image of each record in `keys` as a class-folder file (see `MXnet_record_to_folder`)."""
+    counts, known_dirs = _RecordCounts(), set()
+    for key in tqdm(keys, desc=f"{reader.rec_path} -> {save_dir}", unit="img"):
+        try:
+            class_index, image = _read_class_and_image(reader, key)
+        except RecordIOError as error:
+            counts.skip(key, error)
+            continue
+        path = _image_path(save_dir, class_index, key, image, known_dirs)
+        if os.path.exists(path):
+            counts.existing += 1
+        else:
+            write_bytes_atomic(path, image)
+            counts.written += 1
+    return counts
 
 
 def MXnet_record_to_folder(dataset_dir, save_dir=None, limit=0):
     """Convert `dataset_dir/train.rec` (+ `train.idx`) to class folders `save_dir/<class>/<key>.jpg`.
 
     `save_dir` defaults to `<dataset_dir>_112x112_folders`; `limit > 0` converts only the first `limit` images.
-    Existing files are kept (resume). Unreadable records are skipped with one warning each naming the file, key
-    and problem. Returns `(save_dir, number written, number skipped as existing, number unreadable)`.
+    Existing files are kept (resume). Damaged records (truncated, an `.idx` offset past the end of the `.rec` or
+    without the RecordIO magic word, a label that is NaN, negative or fractional) are skipped with a warning naming
+    the file, key and offset or label (the first `MAX_LISTED_RECORDS`; all are counted). Raises `RecordIOError`
+    naming the file when no record at all can be read, or the header record 0 cannot. Returns `(save_dir, number
+    written, number skipped as existing, number unreadable)`.
     """
     dataset_dir = os.path.normpath(dataset_dir)
     save_dir = save_dir or dataset_dir + "_112x112_folders"
     rec_path = os.path.join(dataset_dir, "train.rec")
-    written = existing = unreadable = 0
-    with RecordIOReader(rec_path, os.path.join(dataset_dir, "train.idx")) as reader:
+    with RecordIOReader(rec_path, os.path.join(dataset_dir, "train.idx"), strict=False) as reader:
         keys = _image_keys(reader)
         keys = keys[:limit] if limit > 0 else keys
-        known_dirs = set()
-        for key in tqdm(keys, desc=f"{rec_path} -> {save_dir}", unit="img"):
-            try:
-                header, image = reader.read_image_record(key)
-            except RecordIOError as error:
-                warnings.warn(f"skipping unreadable record: {error}", stacklevel=2)
-                unreadable += 1
-                continue
-            class_dir = os.path.join(save_dir, str(_record_class(header)))
-            if class_dir not in known_dirs:
-                os.makedirs(class_dir, exist_ok=True)
-                known_dirs.add(class_dir)
-            extension = ".png" if image.startswith(PNG_SIGNATURE) else ".jpg"
-            path = os.path.join(class_dir, f"{key}{extension}")
-            if os.path.exists(path):
-                existing += 1
-                continue
-            _write_atomically(path, image)
-            written += 1
-    print(f">>>> {save_dir}: {written} written, {existing} already present, {unreadable} unreadable records skipped")
-    return save_dir, written, existing, unreadable
+        counts = _convert_records(reader, keys, save_dir)
+    if keys and counts.unreadable == len(keys):
+        raise RecordIOError(f"{rec_path}: none of its {len(keys)} image records can be read")
+    logger.log(logging.WARNING if counts.unreadable else logging.INFO,
+               "%s -> %s: %d written, %d already present, %d unreadable records skipped", rec_path, save_dir,
+               counts.written, counts.existing, counts.unreadable)
+    return save_dir, counts.written, counts.existing, counts.unreadable
 
 
 def MXnet_bin_files_to_tf(test_bins, limit=0):
     """Rewrite each `.bin` in `test_bins` in place as `[list of bytes, list of bool]`.
 
     `limit > 0` keeps only the first `limit` and the last `limit` pairs (as the original). Files are loaded with
-    the safe loader, so a malicious or broken file is refused with its name.
+    the safe loader, so a malicious or broken file is refused with its name (`bin_files.BinFileError`). Returns
+    a list of `(path, number of pairs kept)`.
     """
+    rewritten = []
     for path in test_bins:
         bins, issame = load_bin(path)
         if limit > 0 and 2 * limit < len(issame):
@@ -104,7 +154,9 @@ def MXnet_bin_files_to_tf(test_bins, limit=0):
             bins = [bins[2 * pair + member] for pair in keep_pairs for member in (0, 1)]
             issame = issame[keep_pairs]
         save_bin(path, bins, issame)
-        print(f">>>> {path}: rewritten with {len(issame)} pairs")
+        logger.info("%s: rewritten with %d pairs", path, len(issame))
+        rewritten.append((path, len(issame)))
+    return rewritten
 
 
 def read_property(dataset_dir):
@@ -125,6 +177,8 @@ def read_property(dataset_dir):
 
 BOX_FIELDS = ("x1", "y1", "x2", "y2")
 JPEG_QUALITY = 95
+MAX_COORDINATE = 2**31
+MAX_CLASSES = 2**24  # 16.8 M classes: 8 times the largest public face set, and int32-safe for training
 
 
 class BadItemError(ValueError):
@@ -185,7 +239,8 @@ def load_box_list(json_path):
 
 def entry_fields(value):
     """`(label, (x1, y1, x2, y2))` of one JSON entry; raises BadItemError when fields are missing, repeated or not
-    numbers, or the label is neither a non-negative integer nor a string."""
+    numbers, a coordinate is NaN, infinite or beyond ±`MAX_COORDINATE` pixels, or the label is neither a
+    non-negative integer nor a string."""
     if not isinstance(value, _Pairs):
         raise BadItemError(f"entry is {type(value).__name__}, expected an object {{label, x1, y1, x2, y2}}")
     names = [name for name, _ in value]
@@ -199,6 +254,8 @@ def entry_fields(value):
     box = tuple(fields[name] for name in BOX_FIELDS)
     if not all(isinstance(coordinate, int | float) and not isinstance(coordinate, bool) for coordinate in box):
         raise BadItemError(f"box {box} holds values that are not numbers")
+    if not all(-MAX_COORDINATE <= coordinate <= MAX_COORDINATE for coordinate in box):  # False for NaN
+        raise BadItemError(f"box {box} holds NaN, infinite or out-of-range values (beyond ±2^31 pixels)")
     label = fields["label"]
     if isinstance(label, bool) or not isinstance(label, int | str) or (isinstance(label, int) and label < 0):
         raise BadItemError(f"label {label!r} is neither a non-negative integer nor a string")
@@ -212,7 +269,7 @@ def class_indices(labels):
     label is read as a string and the distinct strings are numbered in natural order (digit runs compare as
     numbers: "id2" < "id10"); the names in index order are returned.
     """
-    from data import natural_sort_key
+    from folder_scan import natural_sort_key
 
     if all(isinstance(label, int) for label in labels):
         return list(labels), (max(labels) + 1 if labels else 0), None
@@ -248,17 +305,34 @@ def resize_face(face, size):
     return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def cropped_face_jpeg(path, box, margin, size):
-    """JPEG bytes of the face cut from the image file `path` by `box`, plus whether the box was clipped; raises
-    BadItemError for a missing or unreadable file and for a bad box."""
+def _decoded_image(path):
+    """The image file `path` decoded as BGR uint8 (H, W, 3); BadItemError for a missing, empty or unreadable file."""
     import cv2
     import numpy as np
 
     if not os.path.isfile(path):
         raise BadItemError(f"missing file {path}")
-    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        encoded = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        raise BadItemError(f"cannot read {path} ({error})") from error
+    if encoded.size == 0:
+        raise BadItemError(f"empty image file {path} (0 bytes)")
+    try:
+        image = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
     if image is None:
         raise BadItemError(f"unreadable image {path}")
+    return image
+
+
+def cropped_face_jpeg(path, box, margin, size):
+    """JPEG bytes of the face cut from the image file `path` by `box`, plus whether the box was clipped; raises
+    BadItemError for a missing, empty or unreadable file and for a bad box."""
+    import cv2
+
+    image = _decoded_image(path)
     (left, top, right, bottom), clipped = crop_box(box, image.shape[0], image.shape[1], margin)
     face = resize_face(image[top:bottom, left:right], size)
     ok, encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -281,35 +355,77 @@ def shard_paths(output, shards):
     return [f"{stem}-{index:05d}-of-{shards:05d}.tfrecord" for index in range(shards)]
 
 
-def finish_shard(part_path, path, classes):
-    """Copy the records of the staging file `part_path` to `path`, adding `classes` and `total` (this shard's
-    record count) to the first one as `data.read_tfrecord_dataset` expects; removes the staging file."""
-    import tensorflow as tf
-
-    from data import _int64_feature
-
-    records = tf.data.TFRecordDataset(part_path)
-    total = sum(1 for _ in records)
-    with tf.io.TFRecordWriter(path) as writer:
-        for index, record in enumerate(records):
-            if index == 0:
-                example = tf.train.Example.FromString(record.numpy())
-                example.features.feature["classes"].CopyFrom(_int64_feature(classes))
-                example.features.feature["total"].CopyFrom(_int64_feature(total))
-                writer.write(example.SerializeToString())
-            else:
-                writer.write(record.numpy())
-    os.remove(part_path)
-    return total
-
-
 def write_class_names(output, class_names):
     """Save string class names, one a line in class-index order, as `<output stem>_classes.txt`; its path."""
-    stem = output_stem(output)
-    path = stem + "_classes.txt"
-    with open(path, "w", encoding="utf-8") as file:
-        file.write("".join(name + "\n" for name in class_names))
+    path = output_stem(output) + "_classes.txt"
+    write_text_atomic(path, "".join(name + "\n" for name in class_names))
     return path
+
+
+def check_class_count(json_path, usable, classes):
+    """Refuse integer labels that would make more than `MAX_CLASSES` classes (ValueError naming the file, the key
+    and its label); warn when there are more than ten times as many classes as entries."""
+    if classes > MAX_CLASSES:
+        key, label = max(((key, label) for key, label, _ in usable), key=lambda pair: pair[1])
+        raise ValueError(
+            f"{json_path}: {key} has label {label}, which would make {classes} classes (at most {MAX_CLASSES}); "
+            "integer labels are class indices: number the classes 0..K-1, or give string labels to have them "
+            "numbered densely"
+        )
+    if classes > 10 * max(len(usable), 1):
+        logger.warning("%s: %d classes for %d entries (integer labels are class indices): most classes have no "
+                       "image", json_path, classes, len(usable))
+
+
+def usable_items(json_path, entries, report):
+    """`(key, class index, box)` of the `entries` whose fields are good (the others go to `report.problems`);
+    sets `report.classes` and `report.class_names` (see `class_indices`, `check_class_count`)."""
+    usable = []
+    for key, value in entries:
+        try:
+            usable.append((key, *entry_fields(value)))
+        except BadItemError as error:
+            report.problems.append((key, str(error)))
+    labels, report.classes, report.class_names = class_indices([label for _, label, _ in usable])
+    check_class_count(json_path, usable, report.classes)
+    return [(key, index, box) for (key, _, box), index in zip(usable, labels, strict=True)]
+
+
+def write_staging_files(items, root, margin, size, part_paths, report, description):
+    """Crop the face of each `(key, class index, box)` and write its record to `part_paths` round-robin; a bad
+    image or box goes to `report.problems`, a clipped box to `report.clipped`."""
+    import tensorflow as tf
+
+    from tfrecords import image_label_example
+
+    writers = [tf.io.TFRecordWriter(path) for path in part_paths]
+    try:
+        for key, label, box in tqdm(items, desc=description, unit="img"):
+            try:
+                image, clipped = cropped_face_jpeg(os.path.join(root, key), box, margin, size)
+            except BadItemError as error:
+                report.problems.append((key, str(error)))
+                continue
+            if clipped:
+                report.clipped.append(key)
+            writers[report.written % len(writers)].write(image_label_example(image, label).SerializeToString())
+            report.written += 1
+    finally:
+        for writer in writers:
+            writer.close()
+
+
+def finish_shards(part_paths, paths, classes):
+    """Copy each non-empty staging file to its final path with the `classes` / `total` header, atomically
+    (`tfrecords.copy_records_with_header`); the final paths written."""
+    from tfrecords import copy_records_with_header
+
+    written = []
+    for part_path, path in zip(part_paths, paths, strict=True):
+        if os.path.getsize(part_path):
+            copy_records_with_header(part_path, path, classes)
+            written.append(path)
+    return written
 
 
 def json_to_tfrecord(json_path, root, output, margin=0.0, size=112, shards=1, shuffle_seed=None):
@@ -318,19 +434,18 @@ def json_to_tfrecord(json_path, root, output, margin=0.0, size=112, shards=1, sh
     `json_path`: `{relative_path: {label, x1, y1, x2, y2}}` with paths relative to `root` and the box in pixels
     (left, top, right, bottom; right / bottom exclusive). Each face is the box grown by `margin` × its width /
     height on each side, clipped to the image, resized to `size` × `size` (see `resize_face`) and stored as a
-    JPEG (quality 95) in the layout of `data.write_tfrecord_from_folder` (`image`, `label`; the first record of
-    each file also `classes` and `total`, that file's record count). Labels: see `class_indices`.
+    JPEG (quality 95) in the layout of `tfrecords.write_tfrecord_from_folder` (`image`, `label`; the first record
+    of each file also `classes` and `total`, that file's record count). Labels: see `class_indices`; integer
+    labels making more than `MAX_CLASSES` classes (a label of 10^12) are refused with a ValueError naming the key.
     `shards > 1` writes `<stem>-0000i-of-0000N.tfrecord` files, records dealt round-robin; `shuffle_seed` (int)
     writes the entries in a random order (recommended: the reader's shuffle buffer holds 10,000 records).
-    Entries with a missing / unreadable file, a bad box (zero area, outside the image) or bad fields, and later
-    occurrences of a duplicate key, are skipped and listed in the report; the rest is written.
-    Returns `(list of the files written, BoxListReport)`.
+    Entries with a missing / empty / unreadable file, a bad box (zero area, outside the image, NaN or infinite
+    coordinates) or bad fields, and later occurrences of a duplicate key, are skipped and listed in the report;
+    the rest is written. Each final file is written under a temporary name and then replaced
+    (`atomic_io.atomic_path`), so a killed run never leaves a partial file under a final name; the `.part`
+    staging files are removed. Returns `(list of the files written, BoxListReport)`.
     """
     import random
-
-    import tensorflow as tf
-
-    from data import _bytes_feature, _int64_feature
 
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
@@ -338,43 +453,21 @@ def json_to_tfrecord(json_path, root, output, margin=0.0, size=112, shards=1, sh
         raise ValueError(f"size must be >= 1 and margin >= 0, got size={size}, margin={margin}")
     entries, problems = load_box_list(json_path)
     report = BoxListReport(problems=problems)
-    usable = []
-    for key, value in entries:
-        try:
-            usable.append((key, *entry_fields(value)))
-        except BadItemError as error:
-            report.problems.append((key, str(error)))
-    labels, report.classes, report.class_names = class_indices([label for _, label, _ in usable])
-    items = [(key, index, box) for (key, _, box), index in zip(usable, labels, strict=True)]
+    items = usable_items(json_path, entries, report)
+    output_dir = os.path.dirname(os.path.abspath(output))
+    os.makedirs(output_dir, exist_ok=True)
+    remove_stale_temp_files(output_dir)
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(items)
-
     paths = shard_paths(output, shards)
     part_paths = [path + ".part" for path in paths]
-    writers = [tf.io.TFRecordWriter(path) for path in part_paths]
     try:
-        for key, label, box in tqdm(items, desc=f"{json_path} -> {output}", unit="img"):
-            try:
-                image, clipped = cropped_face_jpeg(os.path.join(root, key), box, margin, size)
-            except BadItemError as error:
-                report.problems.append((key, str(error)))
-                continue
-            if clipped:
-                report.clipped.append(key)
-            example = tf.train.Example(features=tf.train.Features(
-                feature={"image": _bytes_feature(image), "label": _int64_feature(label)}))
-            writers[report.written % shards].write(example.SerializeToString())
-            report.written += 1
+        write_staging_files(items, root, margin, size, part_paths, report, f"{json_path} -> {output}")
+        written = finish_shards(part_paths, paths, report.classes)
     finally:
-        for writer in writers:
-            writer.close()
-    written = []
-    for part_path, path in zip(part_paths, paths, strict=True):
-        if os.path.getsize(part_path):
-            finish_shard(part_path, path, report.classes)
-            written.append(path)
-        else:
-            os.remove(part_path)
+        for part_path in part_paths:
+            if os.path.exists(part_path):
+                os.remove(part_path)
     if report.class_names is not None:
         report.class_names_file = write_class_names(output, report.class_names)
     return written, report
@@ -449,12 +542,15 @@ def main(argv=None):
     if not args.dataset_dir:
         return 0
     if args.test_bins:
-        MXnet_bin_files_to_tf([os.path.join(args.dataset_dir, name) for name in args.test_bins], args.limit)
+        for path, pairs in MXnet_bin_files_to_tf([os.path.join(args.dataset_dir, name) for name in args.test_bins],
+                                                 args.limit):
+            print(f">>>> {path}: rewritten with {pairs} pairs")
         return 0
     prop = read_property(args.dataset_dir)
     if prop:
         print(f">>>> {args.dataset_dir}: {prop[0]} classes, images {prop[1]}x{prop[2]}")
-    MXnet_record_to_folder(args.dataset_dir, args.save_dir, args.limit)
+    save_dir, written, existing, unreadable = MXnet_record_to_folder(args.dataset_dir, args.save_dir, args.limit)
+    print(f">>>> {save_dir}: {written} written, {existing} already present, {unreadable} unreadable records skipped")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Recall@k retrieval evaluation of a face model on a class-per-folder dataset, optionally per group.
 
-Every image is embedded (`eval_folder.Eval_folder`: RGB, `(x − 127.5) / 128`, the model's input size) and used
+Every image is embedded (`eval_folder.Eval_folder`: RGB, `preprocess.normalize`, the model's input size) and used
 as a query against all the other images (`evals.recall_at_k`). A group mapping file assigns each class folder a
 group (e.g. RFW's African / Asian / Caucasian / Indian), for a per-group breakdown:
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atomic_io import save_figure_atomic
 from eval_folder import Eval_folder
 from evals import recall_at_k
 
@@ -58,7 +59,7 @@ def plot_recalls(table, save_path):
     axis.set_ylim(0, 100)
     axis.grid(axis="y", alpha=0.3)
     axis.figure.tight_layout()
-    axis.figure.savefig(save_path)
+    save_figure_atomic(axis.figure, save_path)
     plt.close(axis.figure)
     return save_path
 

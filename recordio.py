@@ -13,11 +13,16 @@ Byte layout (the one mxnet's own `MXIndexedRecordIO` writes):
   come last.
 """
 
+import logging
 import os
 import struct
 from typing import NamedTuple
 
 import numpy as np
+
+from atomic_io import atomic_path
+
+logger = logging.getLogger(__name__)
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -94,35 +99,57 @@ def read_record_at(file, offset, rec_path="<rec>"):
             return MAGIC_BYTES.join(parts), position
 
 
+def _beyond_the_end(idx_path, key, offset, rec_path, size):
+    """The message for an `.idx` entry whose offset lies at or past the end of the `.rec` file."""
+    return (f"{idx_path}: key {key} points to offset {offset}, beyond the end of {rec_path} ({size} bytes); the "
+            ".idx and .rec files do not belong together or the .rec is truncated")
+
+
 class RecordIOReader:
     """Random access to the records of `rec_path` through its `.idx` (default: same stem, `.idx` suffix).
 
     Without an index file the records are found by reading the `.rec` sequentially (keys 0, 1, 2, ...).
+    `strict=True` refuses, when opening, an `.idx` with an offset past the end of the `.rec` and a `.rec` whose
+    sequential scan meets a damaged record. `strict=False` opens them anyway (for converting what can be read):
+    reading such a key raises `RecordIOError` naming the files, key and offset, and a sequential scan keeps the
+    keys up to the damaged record (reading that one raises) and logs a warning that later records are lost.
     Use as a context manager, or call `close()`.
     """
 
-    def __init__(self, rec_path, idx_path=None):
+    def __init__(self, rec_path, idx_path=None, strict=True):
         self.rec_path = str(rec_path)
         self.idx_path = str(idx_path) if idx_path else os.path.splitext(self.rec_path)[0] + ".idx"
         if not os.path.isfile(self.rec_path):
             raise FileNotFoundError(f"RecordIO file not found: {self.rec_path}")
+        self.strict = strict
         self.file = open(self.rec_path, "rb")  # noqa: SIM115 (closed by close() / __exit__)
         self.size = os.path.getsize(self.rec_path)
-        self.index = read_idx(self.idx_path) if os.path.isfile(self.idx_path) else self._scan_offsets()
+        try:
+            self.index = read_idx(self.idx_path) if os.path.isfile(self.idx_path) else self._scan_offsets()
+            if strict:
+                self._check_offsets()
+        except Exception:
+            self.close()
+            raise
+
+    def _check_offsets(self):
+        """Raise `RecordIOError` for the first `.idx` offset at or past the end of the `.rec`."""
         for key, offset in self.index.items():
             if offset >= self.size:
-                self.close()
-                raise RecordIOError(
-                    f"{self.idx_path}: key {key} points to offset {offset}, beyond the end of {self.rec_path} "
-                    f"({self.size} bytes); the .idx and .rec files do not belong together or the .rec is truncated"
-                )
+                raise RecordIOError(_beyond_the_end(self.idx_path, key, offset, self.rec_path, self.size))
 
     def _scan_offsets(self):
         """Walk the whole `.rec` once and number its records 0, 1, 2, ... (used when there is no `.idx`)."""
         offsets, position = {}, 0
         while position < self.size:
             offsets[len(offsets)] = position
-            _, position = read_record_at(self.file, position, self.rec_path)
+            try:
+                _, position = read_record_at(self.file, position, self.rec_path)
+            except RecordIOError as error:
+                if self.strict:
+                    raise
+                logger.warning("%s (records after it cannot be found without an .idx file)", error)
+                break
         return offsets
 
     @property
@@ -134,7 +161,10 @@ class RecordIOReader:
         """The payload bytes of record `key`."""
         if key not in self.index:
             raise KeyError(f"{self.idx_path}: no record with key {key}")
-        payload, _ = read_record_at(self.file, self.index[key], self.rec_path)
+        offset = self.index[key]
+        if offset >= self.size:
+            raise RecordIOError(_beyond_the_end(self.idx_path, key, offset, self.rec_path, self.size))
+        payload, _ = read_record_at(self.file, offset, self.rec_path)
         return payload
 
     def read_image_record(self, key):
@@ -192,8 +222,10 @@ def encode_record(payload):
 
 
 def write_indexed_recordio(rec_path, idx_path, records):
-    """Write `records` (an iterable of `(key, payload bytes)`) to a `.rec` file and its `.idx` text index."""
-    with open(rec_path, "wb") as rec_file, open(idx_path, "w", encoding="ascii") as idx_file:
+    """Write `records` (an iterable of `(key, payload bytes)`) to a `.rec` file and its `.idx` text index, each
+    through `atomic_io.atomic_path` (the index replaced after the records)."""
+    with (atomic_path(idx_path) as idx_temporary, atomic_path(rec_path) as rec_temporary,
+          open(rec_temporary, "wb") as rec_file, open(idx_temporary, "w", encoding="ascii") as idx_file):
         for key, payload in records:
             idx_file.write(f"{key}\t{rec_file.tell()}\n")
             rec_file.write(encode_record(payload))

@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from atomic_io import write_bytes_atomic, write_text_atomic
+
 IMAGE_SIZE = 112
 FACE_ZOOM = 1.2  # how much the head fills the frame (aligned crops show the face, not the whole head)
 GENERATOR_VERSION = 1
@@ -207,15 +209,9 @@ def _skin_colour(p):
     )
 
 
-def _paint_base(identity):
-    """The texture without eyes and mouth: skin, blotches, moles, nose, brows, beard, hair, jaw/chin cut-out (alpha)."""
-    p, flags = identity.params, identity.flags
-    rng = np.random.default_rng(identity.texture_seed)
-    u, v = FULL_REGION.u, FULL_REGION.v
-    texture = np.ones((TEXTURE_HEIGHT, TEXTURE_WIDTH, 4), dtype=np.float32)
-    skin = _skin_colour(p)
-    texture[..., :3] = skin
-    for _ in range(rng.integers(4, 9)):  # low-contrast albedo blotches: the identity's skin signature
+def _paint_skin(texture, rng, u, v, skin):
+    """Skin albedo blotches (the identity's skin signature) and moles, drawn from the texture's `rng`."""
+    for _ in range(rng.integers(4, 9)):  # low-contrast albedo blotches
         centre_u, centre_v, radius = rng.uniform(-1.0, 1.0), rng.uniform(-0.9, 0.9), rng.uniform(0.06, 0.2)
         texture[..., :3] *= (
             1.0 + rng.uniform(-0.07, 0.07) * _soft(_ellipse(u, v, centre_u, centre_v, radius, radius), 0.05)[..., None]
@@ -223,6 +219,10 @@ def _paint_base(identity):
     for _ in range(rng.integers(0, 4)):
         centre_u, centre_v, radius = rng.uniform(-0.8, 0.8), rng.uniform(-0.5, 0.8), rng.uniform(0.012, 0.02)
         _paint(texture, _soft(_ellipse(u, v, centre_u, centre_v, radius, radius)), skin * 0.45)
+
+
+def _paint_nose_and_brows(texture, p, u, v, skin):
+    """Nose bridge, nose sides, nostrils and eyebrows."""
     eye_v, nose_tip = p["eye_v"], p["eye_v"] + p["nose_len"]
     bridge = _soft(_stroke(u, v, 0, (eye_v + nose_tip) / 2, p["nose_w"] * 0.5, (nose_tip - eye_v) / 2), 0.03)
     texture[..., :3] *= (1.0 + 0.06 * p["bridge"] * bridge)[..., None]
@@ -244,6 +244,10 @@ def _paint_base(identity):
             u, v, side * p["eye_sep"], brow_v, p["brow_len"], p["brow_thick"], -p["brow_arch"], side * p["brow_tilt"]
         )
         _paint(texture, 0.85 * _soft(brow), _palette_colour(HAIR_PALETTE, p["hair_color"]) * 0.8)
+
+
+def _paint_hair(texture, p, flags, u, v):
+    """Beard, scalp and side hair (or the side hair only, half covering, when bald)."""
     hair = _palette_colour(HAIR_PALETTE, p["hair_color"])
     if flags["beard"]:
         beard_top = p["mouth_v"] - 0.10 - 0.35 * np.clip(np.abs(u) - 0.15, 0, 1)
@@ -258,6 +262,18 @@ def _paint_base(identity):
         texture[..., :3] * (1 - coverage[..., None])
         + coverage[..., None] * hair * (1.0 + 0.08 * np.sin(45 * u + 9 * v))[..., None]
     )
+
+
+def _paint_base(identity):
+    """The texture without eyes and mouth: skin, blotches, moles, nose, brows, beard, hair, jaw/chin cut-out (alpha)."""
+    p = identity.params
+    u, v = FULL_REGION.u, FULL_REGION.v
+    texture = np.ones((TEXTURE_HEIGHT, TEXTURE_WIDTH, 4), dtype=np.float32)
+    skin = _skin_colour(p)
+    texture[..., :3] = skin
+    _paint_skin(texture, np.random.default_rng(identity.texture_seed), u, v, skin)
+    _paint_nose_and_brows(texture, p, u, v, skin)
+    _paint_hair(texture, p, identity.flags, u, v)
     jaw_limit = np.pi / 2 - 1.1 * p["jaw"] * np.clip(v - 0.25, 0, None)
     texture[..., 3] = _soft(np.abs(u) - jaw_limit, 0.03) * _soft(v - p["chin_v"], 0.03)
     return texture
@@ -393,10 +409,8 @@ def _camera(image, rng, nuisance):
     return image + rng.normal(0, rng.uniform(0, 0.03) * nuisance, image.shape).astype(np.float32)
 
 
-def render_face(textures, rng, nuisance=0.5, size=IMAGE_SIZE):
-    """Render one image of `textures.identity` with nuisances drawn from `rng`; returns an HxWx3 uint8 RGB array."""
-    identity, p = textures.identity, textures.identity.params
-    n = float(nuisance)
+def _draw_pose(rng, n, size):
+    """The pose and expression of one image: `(rotation, scale, shift, eye state, mouth state)`."""
     yaw = np.clip(rng.normal(0, np.radians(17)) * n, -np.radians(40), np.radians(40))
     rotation = _rotation(yaw, rng.normal(0, np.radians(9)) * n, rng.normal(0, np.radians(5)) * n)
     scale = 1.0 + rng.normal(0, 0.05) * n
@@ -404,9 +418,16 @@ def render_face(textures, rng, nuisance=0.5, size=IMAGE_SIZE):
     eye_state = "blink" if rng.random() < 0.1 * n else "open"
     mouth_draw = rng.random()
     mouth_state = "smile" if mouth_draw < 0.3 * n else "open" if mouth_draw < 0.45 * n else "neutral"
+    return rotation, scale, shift, eye_state, mouth_state
 
-    # Ray-cast the ellipsoid x²/a² + y²/b² + z²/c² = 1 along the camera's z axis, one ray per pixel. A camera
-    # point (x, y, depth) is (x, y, 0) + depth·(0, 0, 1); in the head frame it is R^T of that, divided by scale.
+
+def _ray_cast(p, rotation, scale, shift, size):
+    """Ray-cast the head ellipsoid x²/a² + y²/b² + z²/c² = 1 along the camera's z axis, one ray per pixel.
+
+    A camera point (x, y, depth) is (x, y, 0) + depth·(0, 0, 1); in the head frame it is R^T of that, divided by
+    scale. Returns `(x, y, u, v, normal, coverage)`: the pixel grid (size, size), the texture coordinates of the
+    hit points, the unit surface normals (size, size, 3) and the soft silhouette factor (size, size).
+    """
     grid = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1) / np.float32(FACE_ZOOM)
     x, y = np.meshgrid(((grid - shift[0]) / scale).astype(np.float32), ((grid - shift[1]) / scale).astype(np.float32))
     inverse_axes = (1.0 / np.array([p["head_a"], p["head_b"], p["head_c"]])).astype(np.float32)
@@ -423,22 +444,46 @@ def render_face(textures, rng, nuisance=0.5, size=IMAGE_SIZE):
     v = np.arcsin(np.clip(on_sphere[1], -1, 1))
     normal = np.stack([on_sphere[i] * inverse_axes[i] for i in range(3)], -1) @ rotation.T
     normal /= np.sqrt(np.sum(normal**2, -1, keepdims=True)) + 1e-9
+    return x, y, u, v, normal, np.clip(np.sqrt(discriminant) / a / 0.05, 0, 1)
 
+
+def _shaded_face(textures, rng, n, pose, hits):
+    """The lit face colours (size, size, 3), its alpha and the light colour, for the ray-cast `hits`."""
+    _, _, _, eye_state, mouth_state = pose
+    _, _, u, v, normal, silhouette = hits
     texture = textures.texture(eye_state, mouth_state)
     map_x = (u + U_MAX) / (2 * U_MAX) * TEXTURE_WIDTH - 0.5
     map_y = (v + V_MAX) / (2 * V_MAX) * TEXTURE_HEIGHT - 0.5
     sampled = cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    albedo, alpha = sampled[..., :3], sampled[..., 3] * np.clip(np.sqrt(discriminant) / a / 0.05, 0, 1)
-    for coverage, colour in _occlusion_masks(identity, u, v, rng, n):
+    albedo, alpha = sampled[..., :3], sampled[..., 3] * silhouette
+    for coverage, colour in _occlusion_masks(textures.identity, u, v, rng, n):
         albedo += coverage[..., None] * (np.asarray(colour, dtype=np.float32) - albedo)
-
     light = np.array([rng.normal(0, 0.75 * n), rng.normal(-0.2, 0.55 * n), 1.0])
     light /= np.linalg.norm(light)
     ambient = 0.35 + rng.uniform(-0.1, 0.1) * n
     light_colour = 1.0 + rng.normal(0, 0.06, 3) * n
     shading = ambient + (1 - ambient) * np.clip(normal @ light, 0, None)
-    face = albedo * shading[..., None] * light_colour
+    return albedo * shading[..., None] * light_colour, alpha, light_colour
 
+
+def _photometric(image, rng, n):
+    """Gamma, contrast, brightness, colour cast and (sometimes) greyscale of a 0..1 float image."""
+    gamma = np.exp(rng.normal(0, 0.25) * n)
+    image = np.clip(image, 0, 1) ** gamma
+    image = (image - 0.5) * (1 + rng.normal(0, 0.2) * n) + 0.5 + rng.normal(0, 0.08) * n
+    image = image * (1 + rng.normal(0, 0.08, 3) * n)  # colour cast, so colour alone cannot identify a person
+    if rng.random() < 0.1 * n:
+        image = np.repeat(image.mean(-1, keepdims=True), 3, -1)
+    return image
+
+
+def render_face(textures, rng, nuisance=0.5, size=IMAGE_SIZE):
+    """Render one image of `textures.identity` with nuisances drawn from `rng`; returns an HxWx3 uint8 RGB array."""
+    p, n = textures.identity.params, float(nuisance)
+    pose = _draw_pose(rng, n, size)
+    hits = _ray_cast(p, *pose[:3], size)
+    face, alpha, light_colour = _shaded_face(textures, rng, n, pose, hits)
+    x, y = hits[:2]
     image = _background(rng, n, size)
     neck = _soft(np.abs(x) - 0.42 * p["head_a"], 0.01) * _soft(0.3 - y, 0.01)
     image += neck[..., None] * (_skin_colour(p) * 0.7 * light_colour - image)
@@ -448,14 +493,7 @@ def render_face(textures, rng, nuisance=0.5, size=IMAGE_SIZE):
             _ellipse(x, y, *rng.uniform(-0.8, 0.8, 2), *rng.uniform(0.1, 0.35, 2), rng.uniform(0, np.pi)), 0.01
         )
         image += blob[..., None] * (rng.uniform(0, 1, 3).astype(np.float32) - image)
-
-    gamma = np.exp(rng.normal(0, 0.25) * n)
-    image = np.clip(image, 0, 1) ** gamma
-    image = (image - 0.5) * (1 + rng.normal(0, 0.2) * n) + 0.5 + rng.normal(0, 0.08) * n
-    image = image * (1 + rng.normal(0, 0.08, 3) * n)  # colour cast, so colour alone cannot identify a person
-    if rng.random() < 0.1 * n:
-        image = np.repeat(image.mean(-1, keepdims=True), 3, -1)
-    image = _camera(image.astype(np.float32), rng, n)
+    image = _camera(_photometric(image, rng, n).astype(np.float32), rng, n)
     return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -494,8 +532,7 @@ def _render_task(task):
     class_dir = os.path.join(folder, str(identity.index))
     os.makedirs(class_dir, exist_ok=True)
     for k, data in enumerate(images):
-        with open(os.path.join(class_dir, f"{k}.jpg"), "wb") as file:
-            file.write(data)
+        write_bytes_atomic(os.path.join(class_dir, f"{k}.jpg"), data)
     return identity.index, []
 
 
@@ -640,9 +677,8 @@ def _ijb_image_rows(indices, templates_per_id, images_per_template, rng):
 
 
 def _write_text(path, lines):
-    """Write `lines` (strings without newline) to `path`, one a line."""
-    with open(path, "w") as file:
-        file.write("".join(line + "\n" for line in lines))
+    """Write `lines` (strings without newline) to `path`, one a line (atomically)."""
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def _check_ijb_sizes(subset, num_ids, templates_per_id, images_per_template, num_pairs):
@@ -660,6 +696,17 @@ def _check_ijb_sizes(subset, num_ids, templates_per_id, images_per_template, num
         raise ValueError(f"num_pairs must be in [1, {genuine}] (the genuine template pairs of {num_ids} subjects x "
                          f"{templates_per_id} templates), got {num_pairs}")
     return subset, num_pairs
+
+
+def _write_ijb_galleries(paths, rows, first_gallery):
+    """The 1:N files: the first template of the subjects in `first_gallery` → gallery 1, of the others → gallery 2,
+    every other template → probes; one CSV row per image."""
+    groups = {"gallery_1": [], "gallery_2": [], "probe": []}
+    for name, subject, position, template, _ in rows:
+        group = "probe" if position else "gallery_1" if subject in first_gallery else "gallery_2"
+        groups[group].append(f"{template},{subject},{name}")
+    for group, lines in groups.items():
+        _write_text(paths[group], [IJB_CSV_HEADER, *lines])
 
 
 def build_ijb_layout(out_dir, subset="IJBB", seed=0, num_ids=40, templates_per_id=3, images_per_template=3,
@@ -692,9 +739,7 @@ def build_ijb_layout(out_dir, subset="IJBB", seed=0, num_ids=40, templates_per_i
     from face_align import ARCFACE_TEMPLATE
 
     subset, num_pairs = _check_ijb_sizes(subset, num_ids, templates_per_id, images_per_template, num_pairs)
-    paths = _ijb_paths(out_dir, subset)
-    for folder in (paths["images"], os.path.dirname(paths["media"])):
-        os.makedirs(folder, exist_ok=True)
+    paths = _ijb_paths(out_dir, subset)  # the folders are made by the atomic writes
     indices = range(first_index, first_index + num_ids)
     images = render_identities(seed + 1, indices, templates_per_id * images_per_template, nuisance, None, workers,
                                f"{subset} identities")
@@ -704,9 +749,7 @@ def build_ijb_layout(out_dir, subset="IJBB", seed=0, num_ids=40, templates_per_i
     scores = rng.uniform(0.5, 1.0, len(rows))
     for subject, jpegs in images.items():
         for k, data in enumerate(jpegs):
-            with open(os.path.join(paths["images"], _ijb_image_name(subject, k)), "wb") as file:
-                file.write(data)
-
+            write_bytes_atomic(os.path.join(paths["images"], _ijb_image_name(subject, k)), data)
     _write_text(paths["media"], [f"{name} {template} {media}" for name, _, _, template, media in rows])
     _write_text(paths["landmarks"], [f"{row[0]} " + " ".join(f"{value:.4f}" for value in points) + f" {score:.4f}"
                                      for row, points, score in zip(rows, landmarks, scores, strict=True)])
@@ -714,12 +757,5 @@ def build_ijb_layout(out_dir, subset="IJBB", seed=0, num_ids=40, templates_per_i
     pairs, issame = make_pairs(indices, templates_per_id, num_pairs, np.random.default_rng([seed, 2**31 + 2]))
     _write_text(paths["pairs"], [f"{template_ids[first]} {template_ids[second]} {int(same)}"
                                  for (first, second), same in zip(pairs, issame, strict=True)])
-
-    first_gallery = set(indices[: num_ids // 2])
-    groups = {"gallery_1": [], "gallery_2": [], "probe": []}
-    for name, subject, position, template, _ in rows:
-        group = "probe" if position else "gallery_1" if subject in first_gallery else "gallery_2"
-        groups[group].append(f"{template},{subject},{name}")
-    for group, lines in groups.items():
-        _write_text(paths[group], [IJB_CSV_HEADER, *lines])
+    _write_ijb_galleries(paths, rows, set(indices[: num_ids // 2]))
     return out_dir

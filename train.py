@@ -1,18 +1,29 @@
 """The scheduler-driven trainer: `Train` connects a basic (embedding) model, a dataset, an output head, losses,
-callbacks and an optimizer, one scheduler stage at a time (basic_model → dataset → head → callbacks → compile →
-fit), as the original Keras_insightface / GhostFaceNets `train.Train` did.
+callbacks and an optimizer, one scheduler stage at a time, as the original Keras_insightface / GhostFaceNets
+`train.Train` did. Each stage (a dict of the original's keys, parsed into a `schedule.Stage`) runs in three steps:
+resolve its losses (`schedule.resolve_losses`, after building the dataset they need), build and compile the
+training model (head from `training_heads`), fit.
 
-Files written for `save_path="X.h5"` (stem `X`) in `checkpoint_dir` (default `checkpoints/`):
+Files written for `save_path="X.h5"` (stem `X`) in `checkpoint_dir` (default `checkpoints/`), all atomically:
 
-- `X_epoch{NN}.keras` every epoch and `X.keras` (the latest): the full training model with optimizer state,
-  written atomically; `Train(data_path, "X.h5")` with neither model given reloads `X.keras`, and `resume()`
-  continues from the newest `X_epoch{NN}.keras`.
+- `X_epoch{NN}.keras` every epoch and `X.keras` (the latest): the full training model with optimizer state;
+  `Train(data_path, "X.h5")` with neither model given reloads `X.keras`, and `resume()` continues from the newest
+  `X_epoch{NN}.keras`.
 - `X_basic_<bin>_epoch_<step>_<accuracy>.h5`: the best basic model on the last eval bin (from `evals`).
 - `X_basic_model_latest.h5` (the suffix of `save_path`) at the end of every scheduler stage.
-- `X_hist.json` every epoch (`myCallbacks.My_history`), `X_centers.npy` with center loss.
+- `X_hist.json` every epoch (`myCallbacks.My_history`), `X_centers.npy` with center loss, `X_options.json` (the
+  command line's model and optimizer options, checked by `--resume`).
+
+A run owns its name: a new run refuses to start when `checkpoint_dir` holds files of a run with the same stem
+(`RunExistsError`), unless it continues that run (`resume()`, a `model` file, `initial_epoch` > 0) or is told to
+replace it (`overwrite=True`, `--overwrite`). `resume()` stops with a table of differences (`CheckpointMismatchError`)
+when the checkpoint does not match the run, unless told to accept them. Braces in `checkpoint_dir` or the save name
+are literal. Temporary files of a killed run are removed at the next start.
 
 Run `python train.py` for the demo: a small GhostFaceNet trained on synthetic identities (generated on first
-use) and evaluated on unseen ones; `python train.py --help` for the options of a full run.
+use) and evaluated on unseen ones; `python train.py --help` for the options of a full run. It exits with status 1
+when training failed (a NaN loss stopped it, or the verification accuracy could not be computed), and 2 when it
+did not start (an earlier run of that name, or a checkpoint that differs from the options of `--resume`).
 """
 
 import runtime_setup  # TensorFlow settings that must precede its import
@@ -21,26 +32,58 @@ import runtime_setup  # TensorFlow settings that must precede its import
 import argparse
 import contextlib
 import glob
+import json
+import math
 import os
 import re
 import sys
 import tempfile
+import zipfile
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+import atomic_io
 import data
 import evals
 import GhostFaceNets
+import keras_compat
 import losses
 import myCallbacks
-from heads import NormDense, NormDenseVPL, VPLUpdateQueue
+import schedule
+from distributed import chief_logger, global_batch_size, is_chief_worker, is_multi_worker
+from heads import NormDenseVPL, VPLUpdateQueue
+from logs import show_library_logs
+from schedule import remaining_stages
+from training_heads import (
+    HeadSpec,
+    apply_layers,
+    copy_matching_weights,
+    embedding_output,
+    head_layers_of,
+    head_regularizer,
+    head_spec_of,
+    make_head_layers,
+)
 
+logger = chief_logger(__name__)
 CHECKPOINT_DIR = "checkpoints"
-EMBEDDING_LOSS_ALIASES = {"centerloss": "center", "triplet": "triplet", "distill": "distill"}
-NORM_APPENDING_LOSSES = (losses.MagFaceLoss, losses.AdaFaceLoss)
-MARGIN_LOSSES = (losses.ArcfaceLoss, losses.ArcfaceLossSimple, losses.AdaCosLoss, losses.DistillKLDivergenceLoss)
+# Files of a run named <stem> (after the stem), see the module docstring.
+RUN_FILE_ENDINGS = (r"(\.keras|_epoch\d+\.keras|_hist\.json|_centers\.npy|_options\.json"
+                    r"|_basic_model_latest\.(h5|keras)|_basic_.+_epoch_.+\.h5)")
+MAX_NAMED_FILES = 8  # run files named in a RunExistsError
+UNREADABLE_CHECKPOINT_ERRORS = (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile)
+ACCEPT_HINT = (
+    "Resume with the checkpoint's options, or accept them (command line: --accept_checkpoint_options; Python: "
+    "resume(..., accept_checkpoint_options=True)): training then continues from the checkpoint's model and "
+    "optimizer state, whose architecture, sizes and optimizer win over the values above (the schedule's losses are "
+    "the command's). Or start a new run (another save name, or --overwrite)."
+)
+REBUILD_HINT = (
+    "The dataset has another number of classes than the checkpoint's output head. Resume on the checkpoint's "
+    "dataset, or ask for a new, untrained head for these classes (command line: --rebuild_head; Python: "
+    "resume(..., rebuild_head=True))."
+)
 MODEL_HELP = """Train needs a model. basic_model / model combinations:
 | basic_model                      | model              | use                                          |
 | model object                     | None               | train from scratch                           |
@@ -51,144 +94,23 @@ MODEL_HELP = """Train needs a model. basic_model / model combinations:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Losses, heads and models
-
-
-def loss_type_of(loss):
-    """The training type a loss calls for: "softmax", "arcface", "triplet", "center" or "distill".
-
-    In the original's order: a string is softmax; triplet losses (or "triplet" in the name), center losses (or
-    "center"), margin losses on cosine logits (ArcFace family, AdaCos, KL distillation, or "arcface"), then
-    "distill" / "softmax" by name; anything else is softmax.
-    """
-    if isinstance(loss, str):
-        return "softmax"
-    loss_class = loss if isinstance(loss, type) else type(loss)
-    name = getattr(loss, "__name__", loss_class.__name__).lower()
-    if issubclass(loss_class, losses.TripletLossWapper) or "triplet" in name:
-        return "triplet"
-    if issubclass(loss_class, losses.CenterLoss) or "center" in name:
-        return "center"
-    if issubclass(loss_class, MARGIN_LOSSES) or "arcface" in name:
-        return "arcface"
-    if "distill" in name:
-        return "distill"
-    return "softmax"
-
-
-def embedding_layer_index(model, index=None):
-    """Index of the layer whose output is the embedding: `index` if given, else the last layer named `embedding`."""
-    if isinstance(index, int):
-        return index
-    names = [layer.name for layer in model.layers]
-    if "embedding" not in names:
-        raise ValueError(
-            f"model '{model.name}' has no layer named 'embedding'; pass its index as basic_model=<int>"
-        )
-    return len(names) - 1 - names[::-1].index("embedding")
+# Models, optimizer and compiled state
 
 
 def basic_model_of(model, index=None):
-    """The embedding sub-model (input → embedding layer output) of a training model."""
-    layer = model.layers[embedding_layer_index(model, index)]
-    return keras.Model(model.inputs[0], layer.output, name=model.name + "_basic")
+    """The embedding sub-model (input → embedding layer output) of a training model: the layer at `index`, else
+    the last layer named `embedding` (`GhostFaceNets.embedding_model`)."""
+    return GhostFaceNets.embedding_model(model, index if isinstance(index, int) else None)
 
 
-def first_l2_factor(model):
-    """The `l2` factor of the first kernel L2 regulariser in `model` (0 when it has none)."""
-    for layer in GhostFaceNets.iterate_layers(model):
-        regularizer = getattr(layer, "kernel_regularizer", None) or getattr(layer, "depthwise_regularizer", None)
-        if isinstance(regularizer, keras.regularizers.L2):
-            return float(regularizer.l2)
-    return 0.0
-
-
-def head_regularizer(output_weight_decay, basic_model):
-    """The head's kernel regulariser from `output_weight_decay`: 0 none; in (0, 1) `L2(v/2)`; >= 1 `L2(v·l2)`
-    with `l2` the basic model's first kernel L2 factor (so `add_l2_regularizer_2_model(m, 5e-4)` and 1 give
-    `L2(2.5e-4)`, the same weight decay as the backbone)."""
-    value = output_weight_decay if output_weight_decay < 1 else output_weight_decay * 2 * first_l2_factor(basic_model)
-    return keras.regularizers.L2(value / 2) if value > 0 else None
-
-
-def head_spec(loss_type, classes, loss_top_k, append_norm, partial_fc_split, vpl_batch_size):
-    """The head a stage needs, as a hashable description compared between stages (None: no head)."""
-    if loss_type == "softmax":
-        return ("softmax", classes)
-    if loss_type == "arcface":
-        return ("arcface", classes, loss_top_k, append_norm, partial_fc_split, vpl_batch_size)
-    return None
-
-
-def make_head_layers(spec, regularizer, vpl_options):
-    """Keras layers of an output head from its `head_spec`: softmax → Dense + softmax, arcface → NormDense(VPL)."""
-    if spec[0] == "softmax":
-        logits = keras.layers.Dense(
-            spec[1], use_bias=False, kernel_regularizer=regularizer, name="softmax_logits", dtype="float32"
-        )
-        return [logits, keras.layers.Activation("softmax", dtype="float32", name="softmax")]
-    _, classes, loss_top_k, append_norm, partial_fc_split, vpl_batch_size = spec
-    if vpl_batch_size:
-        return [NormDenseVPL(vpl_batch_size, classes, regularizer, name="arcface", **vpl_options)]
-    return [NormDense(classes, regularizer, loss_top_k, append_norm, partial_fc_split, name="arcface")]
-
-
-def copy_matching_weights(old_layers, new_layers):
-    """Copy weights from an old head into a new one layer by layer where every shape matches."""
-    for old, new in zip(old_layers, new_layers, strict=False):
-        old_weights, new_weights = old.get_weights(), new.get_weights()
-        if [w.shape for w in old_weights] == [w.shape for w in new_weights]:
-            new.set_weights(old_weights)
-
-
-def head_layers_of(model):
-    """The output-head layers of a training model (NormDense `arcface`, or `softmax_logits` + `softmax`)."""
-    return [layer for layer in model.layers if layer.name in ("arcface", "softmax_logits", "softmax")]
-
-
-def head_spec_of(model):
-    """The `head_spec` of a loaded training model's head (None when it has none)."""
-    for layer in head_layers_of(model):
-        if isinstance(layer, NormDense):
-            vpl = layer.batch_size if isinstance(layer, NormDenseVPL) else 0
-            return ("arcface", layer.units, layer.loss_top_k, layer.append_norm, layer.partial_fc_split, vpl)
-        if layer.name == "softmax_logits":
-            return ("softmax", layer.units)
-    return None
-
-
-def embedding_loss(kind, loss, classes, emb_shape, triplet_alpha, centers_file):
-    """The loss of an attached embedding output: `loss` itself when it is a loss object or function, an instance
-    of it when it is a class, else the default of `kind` (CenterLoss, BatchHardTripletLoss, cosine distill)."""
-    if isinstance(loss, type):
-        if kind == "center":
-            return loss(classes, emb_shape, initial_file=centers_file)
-        return loss(alpha=triplet_alpha) if kind == "triplet" else loss()
-    if callable(loss):
-        return loss
-    if kind == "center":
-        return losses.CenterLoss(classes, emb_shape, initial_file=centers_file)
-    if kind == "triplet":
-        return losses.BatchHardTripletLoss(alpha=triplet_alpha)
-    return losses.distiller_loss_cosine
-
-
-def embedding_kind(loss_name):
-    """"center" / "triplet" / "distill" from an embedding loss given as a string, class or function name."""
-    name = loss_name if isinstance(loss_name, str) else getattr(loss_name, "__name__", type(loss_name).__name__)
-    for key, kind in (("center", "center"), ("triplet", "triplet"), ("distill", "distill")):
-        if key in name.lower():
-            return kind
-    raise ValueError(f"embedding loss {loss_name!r}: the name must contain 'center', 'triplet' or 'distill'")
-
-
-def as_list(value, length):
-    """`value` repeated `length` times, or `value` itself when it is already a list / tuple of that length."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != length:
-            raise ValueError(f"expected {length} values, got {value!r}")
-        return list(value)
-    return [value] * length
+def load_model_file(path, custom_objects=None, compile=True):
+    """Load a `.keras` / `.h5` model file with the registered losses and heads plus `custom_objects`."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such model file")
+    with keras.saving.custom_object_scope(custom_objects or {}):
+        if path.endswith(".keras"):
+            return keras.saving.load_model(path, compile=compile)
+        return GhostFaceNets.load_model(path, compile=compile)
 
 
 def optimizer_for(optimizer, model):
@@ -200,10 +122,9 @@ def optimizer_for(optimizer, model):
     if not optimizer.built:
         return optimizer
     inner = getattr(optimizer, "inner_optimizer", optimizer)
-    built_for = {inner._var_key(variable) for variable in inner._trainable_variables}
-    if {inner._var_key(variable) for variable in model.trainable_variables} <= built_for:
+    if keras_compat.optimizer_tracks(inner, model.trainable_variables):
         return optimizer
-    print(">>>> The model's trainable variables changed: the optimizer is rebuilt for them, keeping its state")
+    logger.info(">>>> The model's trainable variables changed: the optimizer is rebuilt for them, keeping its state")
     rebuilt = type(inner).from_config(inner.get_config())
     rebuilt.build(model.trainable_variables)
     previous = {variable.path: variable for variable in inner.variables}
@@ -220,9 +141,54 @@ def write_centers_of(model, path):
     or older than the checkpoint, or half-written, after a kill. Nothing happens when there is no CenterLoss."""
     for loss in losses.flatten_losses(getattr(model, "loss", None)):
         if isinstance(loss, losses.CenterLoss):
-            temporary = f"{path}.tmp-{os.getpid()}.npy"
-            np.save(temporary, keras.ops.convert_to_numpy(loss.centers))
-            os.replace(temporary, path)
+            atomic_io.save_npy_atomic(path, keras.ops.convert_to_numpy(loss.centers))
+
+
+def resolve_models(basic_model, model, compile, reload_path, load):
+    """`(basic_model, model or None, inited_from_model)` of `Train`'s basic_model / model combination (see
+    MODEL_HELP); with neither, the training model file `reload_path` is loaded. `load(path, compile=...)` loads a
+    model file."""
+    if basic_model is None and model is None:
+        model = reload_path
+        logger.info(">>>> Try reload from: %s", model)
+        if not os.path.exists(model):
+            raise FileNotFoundError(f"{model} does not exist, and no basic_model or model is given\n{MODEL_HELP}")
+    if isinstance(model, (str, os.PathLike)):
+        model = load(os.fspath(model), compile=compile)
+        return basic_model_of(model, basic_model), model, False
+    if isinstance(model, keras.Model):
+        return basic_model_of(model, basic_model), model, True
+    if isinstance(basic_model, (str, os.PathLike)):
+        return load(os.fspath(basic_model), compile=False), None, False
+    if isinstance(basic_model, keras.Model):
+        return basic_model, None, False
+    raise ValueError(f"basic_model {basic_model!r} / model {model!r} cannot be used\n{MODEL_HELP}")
+
+
+def model_shapes(basic_model):
+    """`(embedding size, (height, width))` of a basic model; an input of unknown size reads (112, 112) images."""
+    image_shape = tuple(basic_model.input_shape[1:3])
+    return int(basic_model.output_shape[-1]), (112, 112) if None in image_shape else image_shape
+
+
+def compiled_main_loss(model):
+    """The main (last) loss compiled into `model`, for a stage without `loss`; ValueError when there is none."""
+    if model is None or not getattr(model, "loss", None):
+        raise ValueError("the first scheduler stage needs a 'loss'")
+    return losses.flatten_losses(model.loss)[-1]
+
+
+def vpl_start_iterations(vpl_start_iters, steps_per_epoch):
+    """The VPL start in iterations: `vpl_start_iters` values below 50 are epochs."""
+    return vpl_start_iters * steps_per_epoch if 0 < vpl_start_iters < 50 else vpl_start_iters
+
+
+def output_metrics(model, metrics):
+    """`metrics` for every output of `model` that is not an embedding (by output name), None when there is none."""
+    names = [name for name in model.output_names if "embedding" not in name]
+    if len(model.outputs) == 1:
+        return list(metrics) if names else None
+    return {name: list(metrics) for name in names} or None
 
 
 def build_compiled_state(model, dataset):
@@ -232,94 +198,265 @@ def build_compiled_state(model, dataset):
 
     Built lazily, they make TensorFlow trace the train step twice (a function whose first trace creates variables
     is traced again without them) and lift every slot variable out of the graph one by one: for a GhostFaceNet on
-    a CPU that is most of the time to the first step. This calls Keras' own pre-build (`Trainer._symbolic_build`,
+    a CPU that is most of the time to the first step. This runs Keras' own pre-build (`keras_compat.symbolic_build`,
     what `fit` runs under a distribution strategy), here for every model.
     """
     with model.distribute_strategy.scope():
-        model._symbolic_build(data_batch=dataset.element_spec)
+        keras_compat.symbolic_build(model, dataset.element_spec)
 
 
-def global_batch_size(batch_size):
-    """`batch_size` per replica times the replicas of the current `tf.distribute` strategy (the original rule)."""
-    return batch_size * tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def is_chief_worker():
-    """False only on the non-chief workers of a multi-worker strategy (they do not evaluate, and save into a private
-    temporary folder)."""
-    resolver = getattr(tf.distribute.get_strategy(), "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    if task_type is None or task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-def is_multi_worker():
-    """True under a `tf.distribute.MultiWorkerMirroredStrategy` whose cluster has more than one task."""
-    strategy = tf.distribute.get_strategy()
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return False
-    return sum(len(tasks) for tasks in strategy.cluster_resolver.cluster_spec().as_dict().values()) > 1
-
-
-@contextlib.contextmanager
 def multi_worker_fit_workarounds(model):
-    """Make one `model.fit(dataset)` work under a multi-worker strategy, where Keras 3 (3.15) fails twice
-    (keras-team/keras#20585, tensorflow/tensorflow#72388); elsewhere it does nothing:
+    """Context for one `model.fit(dataset)`: under a multi-worker strategy `keras_compat.multi_worker_fit_patches`
+    (Keras 3.15 fails twice there: keras-team/keras#20585, tensorflow/tensorflow#72388; `build_compiled_state`
+    builds the model before), elsewhere nothing."""
+    return keras_compat.multi_worker_fit_patches(model) if is_multi_worker() else contextlib.nullcontext()
 
-    - before training, Keras all-reduces a whole nested `(images, labels)` batch in one collective call, only
-      to learn the input shapes, which raises: that step is skipped (`build_compiled_state` has built the model,
-      losses, metrics and optimizer from `dataset.element_spec` before);
-    - the per-step logs are averaged with `reduce(MEAN, axis=0)`, which raises on scalars: they are averaged
-      over all replicas instead (`axis=None`, the same value).
-    """
-    if not is_multi_worker():
-        yield
-        return
-    from keras.src.backend.tensorflow import trainer as tf_trainer
 
-    keras_reduce = tf_trainer.reduce_per_replica
+# ----------------------------------------------------------------------------------------------------------------
+# Run setup: names, folders, evaluation, data
 
-    def reduce_per_replica(values, strategy, reduction="auto"):
-        if reduction != "auto":
-            return keras_reduce(values, strategy, reduction)
-        return tf.nest.map_structure(lambda value: strategy.reduce("MEAN", value, axis=None), values)
 
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    tf_trainer.reduce_per_replica = reduce_per_replica
+def run_names(save_path):
+    """`(stem, basic-model suffix)` of `save_path`: `X.h5` → (`X`, `.h5`); a suffix other than `.h5` / `.keras`
+    gives `.h5`."""
+    stem, suffix = os.path.splitext(os.path.basename(save_path))
+    return stem, suffix if suffix in (".h5", ".keras") else ".h5"
+
+
+def output_folder(checkpoint_dir, stem):
+    """`(temporary folder or None, folder this process writes into)`: `checkpoint_dir` on the chief worker. The
+    other workers of a multi-worker run must save too (saving reads variables collectively), into a folder of
+    their own that nobody reads."""
+    if is_chief_worker():
+        return None, checkpoint_dir
+    worker_dir = tempfile.TemporaryDirectory(prefix=f"{stem}_worker_")
+    return worker_dir, worker_dir.name
+
+
+def eval_callbacks(basic_model, eval_paths, batch_size, eval_freq, stem, output_dir):
+    """One `evals.eval_callback` per `.bin` on the chief worker (none on the others); the last one saves the best
+    basic model as `<output_dir>/<stem>_basic_<bin>_epoch_<step>_<accuracy>.h5`."""
+    if not is_chief_worker():
+        return []
+    paths = list(eval_paths)
+    return [
+        evals.eval_callback(basic_model, path, batch_size=batch_size, eval_freq=eval_freq, flip=True,
+                            save_model=stem if index == len(paths) - 1 else None, checkpoint_dir=output_dir)
+        for index, path in enumerate(paths)
+    ]
+
+
+def restore_best_accuracies(history, eval_callbacks, epochs):
+    """Give each eval callback the best accuracy of the first `epochs` epochs recorded in `history` (a
+    `My_history.history`), so that a run continued from epoch `epochs` replaces the best basic model only by a
+    better one."""
+    lr_entries = len(history.get("lr", []))
+    for callback in eval_callbacks:
+        values = history.get(callback.test_names, [])
+        first_epoch = lr_entries - len(values)  # a shorter key covers the latest epochs
+        recorded = values[: max(epochs - first_epoch, 0)]
+        callback.max_accuracy = max((value for value in recorded if value is not None), default=0.0)
+
+
+def epoch_checkpoints(folder, stem):
+    """`[(epoch, path), ...]` of the `<stem>_epoch{NN}.keras` files in `folder`, newest first."""
+    pattern = re.compile(re.escape(stem) + r"_epoch(\d+)\.keras")
+    found = [
+        (int(match.group(1)), path)
+        for path in glob.glob(os.path.join(glob.escape(folder), glob.escape(stem) + "_epoch*.keras"))
+        if (match := pattern.fullmatch(os.path.basename(path)))
+    ]
+    return sorted(found, reverse=True)
+
+
+def last_epoch_checkpoint(folder, stem):
+    """`(epoch, path)` of the newest `<stem>_epoch{NN}.keras` in `folder`, `(0, None)` when there is none."""
+    found = epoch_checkpoints(folder, stem)
+    return found[0] if found else (0, None)
+
+
+def load_newest_checkpoint(checkpoints, load):
+    """`(epoch, path, model)` of the newest of `checkpoints` (`epoch_checkpoints`) that `load(path, compile=True)`
+    can read: a truncated or corrupt one is skipped with a warning naming it and the previous epoch's checkpoint
+    tried instead. Raises the newest checkpoint's error when none can be read."""
+    first_error = None
+    for index, (epoch, path) in enumerate(checkpoints):
+        try:
+            return epoch, path, load(path, compile=True)
+        except UNREADABLE_CHECKPOINT_ERRORS as error:
+            first_error = first_error or error
+            previous = checkpoints[index + 1][1] if index + 1 < len(checkpoints) else None
+            logger.warning(">>>> %s cannot be loaded (%s); %s", path, error,
+                           f"falling back to the previous epoch's checkpoint {previous}" if previous
+                           else "no earlier epoch checkpoint is left")
+    raise first_error
+
+
+def remove_stale_temp_files(folder):
+    """Remove the temporary files a killed run left in `folder` (`atomic_io.remove_stale_temp_files`), logged."""
+    for path in atomic_io.remove_stale_temp_files(folder):
+        logger.info(">>>> Removed %s, a temporary file of a run that was killed while writing", path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runs own their names; resuming checks the checkpoint
+
+
+class RunExistsError(FileExistsError):
+    """A new run was started under the name of a run whose files are in the checkpoint folder."""
+
+
+class CheckpointMismatchError(ValueError):
+    """`Train.resume` found a checkpoint that differs from the run (options, input or embedding size, optimizer,
+    class count); `rows` are the `(option, checkpoint value, run value)` differences."""
+
+    def __init__(self, message, rows):
+        super().__init__(message)
+        self.rows = rows
+
+
+def run_files(folder, stem):
+    """Sorted paths of the files of the run named `stem` in `folder` (`RUN_FILE_ENDINGS`: `<stem>.keras`,
+    `<stem>_epoch{NN}.keras`, `_hist.json`, `_centers.npy`, `_options.json`, the saved basic models)."""
+    if not os.path.isdir(folder):
+        return []
+    pattern = re.compile(re.escape(stem) + RUN_FILE_ENDINGS)
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder) if pattern.fullmatch(name))
+
+
+def existing_run_error(folder, stem, files):
+    """The `RunExistsError` of a new run named `stem` over `files` (`run_files`) in `folder`, with the ways out."""
+    names = ", ".join(os.path.basename(path) for path in files[:MAX_NAMED_FILES])
+    names += ", ..." if len(files) > MAX_NAMED_FILES else ""
+    return RunExistsError(
+        f"{folder} already holds the files of a run named {stem!r}: {names}. A new run does not write over them. "
+        "Continue that run (command line: --resume; Python: Train(...).resume(schedule), or Train(model=<epoch "
+        "checkpoint>) and train(..., initial_epoch=N)), replace it (command line: --overwrite; Python: "
+        "Train(..., overwrite=True)), or choose another save name or checkpoint folder."
+    )
+
+
+def check_new_run_name(folder, stem):
+    """Raise `RunExistsError` when `folder` holds files of a run named `stem` (before a new run starts)."""
+    files = run_files(folder, stem)
+    if files:
+        raise existing_run_error(folder, stem, files)
+
+
+def read_run_options(path):
+    """The options dict recorded in a run's `<stem>_options.json`, {} when there is none."""
+    if not os.path.exists(path):
+        return {}
     try:
-        yield
-    finally:
-        tf_trainer.reduce_per_replica = keras_reduce
-        del model._maybe_symbolic_build
+        with open(path) as file:
+            options = json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a valid run options file ({error})") from error
+    if not isinstance(options, dict):
+        raise ValueError(f"{path}: a run options file must hold a JSON object")
+    return options
+
+
+def option_differences(recorded, options):
+    """Rows `(option, recorded value, value now)` of the keys of `options` whose value differs from `recorded`'s
+    (keys `recorded` lacks are not compared)."""
+    return [(key, recorded[key], value) for key, value in options.items() if key in recorded and recorded[key] != value]
+
+
+def optimizer_name(optimizer):
+    """Lower-case class name of an optimizer (string or object; the inner one of a LossScaleOptimizer)."""
+    optimizer = keras.optimizers.get(optimizer)
+    return type(getattr(optimizer, "inner_optimizer", optimizer)).__name__.lower()
+
+
+def size_text(image_shape):
+    """`32` for a (32, 32) input, `32x48` for (32, 48)."""
+    height, width = image_shape
+    return height if height == width else f"{height}x{width}"
+
+
+def model_differences(checkpoint_model, basic_model, optimizer):
+    """Rows `(option, checkpoint value, run value)` where a loaded training model differs from the run's
+    `basic_model` (`input_size`, `emb_shape`) and from `optimizer` (the one the schedule trains with at the epoch
+    resumed; None: not compared)."""
+    checkpoint_emb, checkpoint_image = model_shapes(basic_model_of(checkpoint_model))
+    emb, image = model_shapes(basic_model)
+    rows = [("input_size", size_text(checkpoint_image), size_text(image)), ("emb_shape", checkpoint_emb, emb)]
+    if optimizer is not None and getattr(checkpoint_model, "optimizer", None) is not None:
+        rows.append(("optimizer", optimizer_name(checkpoint_model.optimizer), optimizer_name(optimizer)))
+    return [row for row in rows if row[1] != row[2]]
+
+
+def merged_differences(*tables):
+    """The rows of the difference `tables` in order, one per option (the first table naming it wins)."""
+    rows = {}
+    for table in tables:
+        for row in table:
+            rows.setdefault(row[0], row)
+    return list(rows.values())
+
+
+def difference_table(rows):
+    """A Markdown table of difference `rows` `(option, checkpoint value, command value)`."""
+    return "\n".join(["| option | checkpoint | command |", "|---|---|---|",
+                      *(f"| {option} | {old} | {new} |" for option, old, new in rows)])
+
+
+def checkpoint_mismatch(path, rows, remedy):
+    """A `CheckpointMismatchError` for checkpoint `path` with a table of the difference `rows` and the `remedy`."""
+    return CheckpointMismatchError(f"{path} differs from this run:\n{difference_table(rows)}\n{remedy}", rows)
+
+
+def build_dataset(data_path, triplet, options, partial_fc_split, seed, initial_epoch):
+    """`(dataset, steps_per_epoch)` of a stage: class-grouped triplet batches (`data.Triplet_dataset`) when
+    `triplet`, else `data.prepare_dataset` starting at `initial_epoch`; `options` are the dataset options of `Train`
+    with `batch_size` and `img_shape`. Sharded by data under a `tf.distribute` strategy."""
+    if triplet:
+        options = {key: value for key, value in options.items() if key != "mixup_alpha"}
+        dataset, steps = data.Triplet_dataset(data_path, **options, seed=seed)
+    else:
+        dataset, steps = data.prepare_dataset(data_path, **options, partial_fc_split=partial_fc_split, seed=seed,
+                                              initial_epoch=initial_epoch)
+    if dataset is None:
+        raise ValueError(f"{data_path}: no training images")
+    if tf.distribute.has_strategy():
+        sharding = tf.data.Options()
+        sharding.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        dataset = dataset.with_options(sharding)
+    return dataset, steps
+
+
+def label_layout(dataset):
+    """`(is_distill, teacher_emb_size or None, classes)` of a training dataset: its targets are one-hot labels, or
+    `(teacher embeddings, labels)` for distillation."""
+    label_spec = dataset.element_spec[1]
+    is_distill = isinstance(label_spec, tuple)
+    labels = label_spec[1] if is_distill else label_spec
+    return is_distill, int(label_spec[0].shape[-1]) if is_distill else None, int(labels.shape[-1])
+
+
+def arranged_dataset(dataset, is_distill, output_kinds):
+    """`dataset` with one target per model output: teacher embeddings for `distill`, labels otherwise."""
+
+    def arrange(images, targets):
+        embeddings, labels = targets if is_distill else (None, targets)
+        arranged = tuple(embeddings if kind == "distill" else labels for kind in output_kinds)
+        return images, arranged if len(arranged) > 1 else arranged[0]
+
+    return dataset.map(arrange, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def warn_if_onednn_missed():
+    """Log a warning when TensorFlow was imported before this library with oneDNN left off."""
+    if runtime_setup.onednn_missed():
+        logger.warning(
+            ">>>> TensorFlow was imported before this library with oneDNN left off: CPU training runs ~1.4x slower;"
+            " import train first or set TF_ENABLE_ONEDNN_OPTS=1 (see runtime_setup.py)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Train
-
-
-def remaining_stages(train_schedule, completed):
-    """The part of a schedule left after `completed` epochs: the stages not started yet, and the current one
-    shortened to its remaining epochs with `optimizer: None` (so a restored optimizer keeps its state). A
-    `bottleneckOnly` stage (which saves no epoch checkpoint) is kept when it starts at or after `completed`.
-    Pass the result to `Train.train(..., initial_epoch=completed)`."""
-    remaining, start = [], 0
-    schedule = [train_schedule] if isinstance(train_schedule, dict) else list(train_schedule)
-    for stage in schedule:
-        if stage.get("bottleneckOnly", False):
-            if start >= completed:
-                remaining.append(stage)
-            continue
-        end = start + stage["epoch"]
-        if end > completed:
-            stage = dict(stage, epoch=end - max(start, completed))
-            if start < completed:
-                stage["optimizer"] = None
-            remaining.append(stage)
-        start = end
-    return remaining
-
 
 class Train:
     """Train a face-embedding model through a list of scheduler stages.
@@ -333,7 +470,7 @@ class Train:
         model: a training model (object, or path of a `.keras` / `.h5` file) to continue from.
         compile: restore the optimizer (and loss) of a loaded `model` file.
         output_weight_decay: L2 on the output head: 0 none, (0, 1) `L2(v/2)`, >= 1 that multiple of the basic
-            model's kernel L2 (see `head_regularizer`).
+            model's kernel L2 (see `training_heads.head_regularizer`).
         custom_objects: extra objects for loading model files (every loss and head is registered already).
         pretrained: weights file loaded into the training model after the first head is built.
         batch_size: per replica; the global batch is `batch_size · replicas` under a `tf.distribute` strategy.
@@ -346,104 +483,81 @@ class Train:
             below 50 are epochs.
     Additions: `checkpoint_dir`, `cache_dir` (dataset scan cache), `seed` (deterministic data order per epoch,
     for exact resume), `jit_compile` (XLA, passed to `compile`; Keras' "auto" uses it on GPUs only: on CPU the XLA
-    step of GhostFaceNets is several times slower), `steps_per_execution`, `verbose`.
+    step of GhostFaceNets is several times slower), `steps_per_execution`, `verbose`, and:
+        overwrite: a run owns its save name: a new run (the first `train` from epoch 0 of a basic model) raises
+            `RunExistsError` before training when `checkpoint_dir` holds files of a run with the same stem
+            (`run_files`), unless `overwrite=True`, which removes them first. Continuing a run needs neither:
+            `resume()`, a `model` file (or the `<stem>.keras` reload), or `train(..., initial_epoch=N > 0)`.
+        run_options: a dict of JSON values that define the run (the command line's architecture and optimizer
+            options): written to `<stem>_options.json` when a new run starts and compared with that file by
+            `resume()`.
+    At construction, temporary files a killed run left in `checkpoint_dir` are removed.
+    `tt.custom_callbacks` takes extra callbacks; `tt.my_history`, `tt.model_checkpoint` and `tt.lr_scheduler` come
+    from `myCallbacks.standard_callbacks`, `tt.my_evals` are the eval callbacks.
     """
 
-    def __init__(
-        self,
-        data_path,
-        save_path,
-        eval_paths=(),
-        basic_model=None,
-        model=None,
-        compile=True,
-        output_weight_decay=0,
-        custom_objects=None,
-        pretrained=None,
-        batch_size=128,
-        lr_base=0.001,
-        lr_decay=0.05,
-        lr_decay_steps=0,
-        lr_min=1e-5,
-        lr_warmup_steps=0,
-        eval_freq=1,
-        random_status=0,
-        random_cutout_mask_area=0,
-        image_per_class=0,
-        mixup_alpha=0,
-        partial_fc_split=0,
-        teacher_model_interf=None,
-        vpl_start_iters=-1,
-        vpl_allowed_delta=200,
-        checkpoint_dir=CHECKPOINT_DIR,
-        cache_dir=None,
-        seed=None,
-        jit_compile="auto",
-        steps_per_execution=1,
-        verbose="auto",
-    ):
+    def __init__(self, data_path, save_path, eval_paths=(), basic_model=None, model=None, compile=True,
+                 output_weight_decay=0, custom_objects=None, pretrained=None, batch_size=128, lr_base=0.001,
+                 lr_decay=0.05, lr_decay_steps=0, lr_min=1e-5, lr_warmup_steps=0, eval_freq=1, random_status=0,
+                 random_cutout_mask_area=0, image_per_class=0, mixup_alpha=0, partial_fc_split=0,
+                 teacher_model_interf=None, vpl_start_iters=-1, vpl_allowed_delta=200, checkpoint_dir=CHECKPOINT_DIR,
+                 cache_dir=None, seed=None, jit_compile="auto", steps_per_execution=1, verbose="auto", overwrite=False,
+                 run_options=None):
         self.data_path, self.save_path, self.checkpoint_dir = os.fspath(data_path), save_path, os.fspath(checkpoint_dir)
-        self.stem, suffix = os.path.splitext(os.path.basename(save_path))
-        self.basic_suffix = suffix if suffix in (".h5", ".keras") else ".h5"
+        self.stem, self.basic_suffix = run_names(save_path)
         self.custom_objects = dict(custom_objects or {})
         self.batch_size, self.global_batch_size = batch_size, global_batch_size(batch_size)
         self.output_weight_decay, self.pretrained = output_weight_decay, pretrained
-        self.dataset_options = {
-            "random_status": random_status,
-            "random_cutout_mask_area": random_cutout_mask_area,
-            "image_per_class": image_per_class,
-            "mixup_alpha": mixup_alpha,
-            "teacher_model_interf": teacher_model_interf,
-            "cache_dir": cache_dir,
-        }
         self.partial_fc_split, self.seed = partial_fc_split, seed
+        self.dataset_options = dict(random_status=random_status, random_cutout_mask_area=random_cutout_mask_area,
+                                    image_per_class=image_per_class, mixup_alpha=mixup_alpha,
+                                    teacher_model_interf=teacher_model_interf, cache_dir=cache_dir)
         self.vpl_start_iters, self.vpl_allowed_delta = vpl_start_iters, vpl_allowed_delta
-        self.jit_compile = jit_compile
-        self.steps_per_execution, self.verbose = steps_per_execution, verbose
+        self.jit_compile, self.steps_per_execution, self.verbose = jit_compile, steps_per_execution, verbose
         self.metrics, self.default_optimizer, self.custom_callbacks = ["accuracy"], "adam", []
-        if runtime_setup.onednn_missed():
-            print(
-                ">>>> TensorFlow was imported before this library with oneDNN left off: CPU training runs ~1.4x slower;"
-                " import train first or set TF_ENABLE_ONEDNN_OPTS=1 (see runtime_setup.py)"
-            )
-
-        os.makedirs(checkpoint_dir, exist_ok=True)
-        self.basic_model, self.model, self.inited_from_model = self.resolve_models(basic_model, model, compile)
+        warn_if_onednn_missed()
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        remove_stale_temp_files(self.checkpoint_dir)
+        self.basic_model, self.model, self.inited_from_model = resolve_models(
+            basic_model, model, compile, os.path.join(self.checkpoint_dir, self.stem + ".keras"), self.load
+        )
+        self.overwrite, self.run_options, self.run_claimed = overwrite, run_options, False
+        self.continues_saved_run = self.model is not None and not self.inited_from_model
+        self.checkpoint_head = None  # (checkpoint path, classes) of a resumed head, checked against the dataset
         self.head_spec = head_spec_of(self.model) if self.model is not None else None
         self.given_model_output = self.model.outputs[-1] if self.inited_from_model else None
-        self.emb_shape = int(self.basic_model.output_shape[-1])
-        self.img_shape = tuple(self.basic_model.input_shape[1:3])
-        if None in self.img_shape:
-            self.img_shape = (112, 112)
-
-        chief = is_chief_worker()
-        # Other workers of a multi-worker run must save too (saving reads variables collectively), into a folder
-        # of their own that nobody reads.
-        self.worker_dir = None if chief else tempfile.TemporaryDirectory(prefix=f"{self.stem}_worker_")
-        self.output_dir = self.checkpoint_dir if chief else self.worker_dir.name
+        self.emb_shape, self.img_shape = model_shapes(self.basic_model)
+        self.worker_dir, self.output_dir = output_folder(self.checkpoint_dir, self.stem)
         if self.model is not None and not self.inited_from_model:
             write_centers_of(self.model, self.output_path("_centers.npy"))
-        self.my_evals = [
-            evals.eval_callback(self.basic_model, path, batch_size=batch_size, eval_freq=eval_freq, flip=True)
-            for path in eval_paths
-        ] if chief else []
-        if self.my_evals:
-            self.my_evals[-1].save_model, self.my_evals[-1].checkpoint_dir = self.stem, self.output_dir
-        self.my_history = myCallbacks.My_history(self.output_path("_hist.json"), evals=self.my_evals)
-        self.model_checkpoint = myCallbacks.ModelCheckpoint(
-            self.output_path("_epoch{epoch:02d}.keras"),
-            latest_path=self.output_path(".keras"),
-            verbose=int(verbose != 0),
-        )
-        self.model_checkpoint.enabled = True
-        self.lr_scheduler = myCallbacks.scheduler_from_options(
-            lr_base, lr_decay, lr_min, lr_decay_steps, lr_warmup_steps
+        self.my_evals = eval_callbacks(self.basic_model, eval_paths, batch_size, eval_freq, self.stem, self.output_dir)
+        scheduler = myCallbacks.scheduler_from_options(lr_base, lr_decay, lr_min, lr_decay_steps, lr_warmup_steps)
+        self.my_history, self.model_checkpoint, self.lr_scheduler = myCallbacks.standard_callbacks(
+            self.output_dir, self.stem, ".keras", self.my_evals, scheduler, verbose=int(verbose != 0)
         )
         self.train_ds, self.steps_per_epoch, self.classes, self.dataset_key = None, None, 0, None
         self.is_distill_ds, self.teacher_emb_size, self.nan_guard = False, None, None
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Models
+    def claim_run(self, continuing):
+        """Make the save name this run's, once, before its first training. A run that continues a saved one
+        (`continuing`, or a model loaded from a file) goes on; a new run raises `RunExistsError` when
+        `checkpoint_dir` holds files of a run with its stem, unless `overwrite` (they are removed, the history
+        starts empty), and writes `run_options` to `<stem>_options.json`. Only the chief worker checks and writes
+        (the others write into a folder of their own)."""
+        if self.run_claimed or continuing or self.continues_saved_run or not is_chief_worker():
+            self.run_claimed = True
+            return
+        files = run_files(self.checkpoint_dir, self.stem)
+        if files and not self.overwrite:
+            raise existing_run_error(self.checkpoint_dir, self.stem, files)
+        self.run_claimed = True
+        if files:
+            logger.info(">>>> overwrite: removing the files of the earlier run %s: %s", self.stem, files)
+            for path in files:
+                os.remove(path)
+            self.my_history.history = {}
+        if self.run_options is not None:
+            atomic_io.write_json_atomic(self.output_path("_options.json"), self.run_options)
 
     def output_path(self, suffix):
         """`<checkpoint_dir>/<stem><suffix>`, where this process writes (a private folder on non-chief workers)."""
@@ -451,83 +565,43 @@ class Train:
 
     def load(self, path, compile=True):
         """Load a model file with the registered losses / heads plus `custom_objects`."""
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such model file")
-        with keras.saving.custom_object_scope(self.custom_objects):
-            if path.endswith(".keras"):
-                return keras.saving.load_model(path, compile=compile)
-            return GhostFaceNets.load_model(path, compile=compile)
-
-    def resolve_models(self, basic_model, model, compile):
-        """`(basic_model, model or None, inited_from_model)` from the constructor's combination (see MODEL_HELP)."""
-        if basic_model is None and model is None:
-            model = os.path.join(self.checkpoint_dir, self.stem + ".keras")
-            print(f">>>> Try reload from: {model}")
-            if not os.path.exists(model):
-                raise FileNotFoundError(f"{model} does not exist, and no basic_model or model is given\n{MODEL_HELP}")
-        if isinstance(model, (str, os.PathLike)):
-            model = self.load(os.fspath(model), compile=compile)
-            return basic_model_of(model, basic_model), model, False
-        if isinstance(model, keras.Model):
-            return basic_model_of(model, basic_model), model, True
-        if isinstance(basic_model, (str, os.PathLike)):
-            return self.load(os.fspath(basic_model), compile=False), None, False
-        if isinstance(basic_model, keras.Model):
-            return basic_model, None, False
-        raise ValueError(f"basic_model {basic_model!r} / model {model!r} cannot be used\n{MODEL_HELP}")
+        return load_model_file(path, self.custom_objects, compile)
 
     def build_model(self, loss_type, loss, loss_top_k, emb_kinds):
         """(Re)build the training model: outputs `<kind>_embedding` for each attached embedding loss, then the
-        main output: the head the stage needs (rebuilt when its type, class count, top-K or norm column change,
-        with matching weights copied), the embedding itself for an embedding loss, or, for a model given as an
-        object (`inited_from_model`), that model's own last output."""
-        outputs = [self.embedding_output(kind) for kind in emb_kinds]
+        main output: the head the stage needs (rebuilt when its `HeadSpec` changes, with matching weights copied),
+        the embedding itself for an embedding loss, or, for a model given as an object (`inited_from_model`),
+        that model's own last output."""
+        outputs = [embedding_output(self.basic_model, kind, self.teacher_emb_size) for kind in emb_kinds]
         if self.inited_from_model:
             outputs.append(self.given_model_output)
-        elif loss_type in ("softmax", "arcface"):
-            outputs.append(self.head_output(loss_type, loss, loss_top_k))
+        elif loss_type in schedule.HEAD_KINDS:
+            outputs.append(self.head_output(self.stage_head_spec(loss_type, loss, loss_top_k)))
         else:
             self.head_spec = None
-            outputs.append(self.embedding_output(loss_type))
+            outputs.append(embedding_output(self.basic_model, loss_type, self.teacher_emb_size))
         self.model = keras.Model(self.basic_model.inputs[0], outputs, name=self.basic_model.name + "_train")
 
-    def head_output(self, loss_type, loss, loss_top_k):
-        """The head's output on the embedding, reusing the current head when the stage needs the same one."""
-        append_norm = isinstance(loss, NORM_APPENDING_LOSSES)
+    def stage_head_spec(self, loss_type, loss, loss_top_k):
+        """The `HeadSpec` of a stage whose main output is `loss_type` ("softmax" / "arcface") with `loss`."""
+        append_norm = isinstance(loss, schedule.NORM_APPENDING_LOSSES)
         vpl_batch_size = self.batch_size if self.vpl_start_iters > 0 and loss_type == "arcface" else 0
-        spec = head_spec(loss_type, self.classes, loss_top_k, append_norm, self.partial_fc_split, vpl_batch_size)
+        return HeadSpec.for_stage(loss_type, self.classes, loss_top_k, append_norm, self.partial_fc_split,
+                                  vpl_batch_size)
+
+    def head_output(self, spec):
+        """The output of head `spec` on the embedding, reusing the current head when it has the same spec."""
         old_layers = head_layers_of(self.model) if self.model is not None else []
         if spec == self.head_spec and old_layers:
-            layers = old_layers
-        else:
-            vpl_options = {"start_iters": self.vpl_iters(), "allowed_delta": self.vpl_allowed_delta}
-            layers = make_head_layers(spec, head_regularizer(self.output_weight_decay, self.basic_model), vpl_options)
-            print(f">>>> Output head: {spec[0]}, {spec[1]} classes, top-K {loss_top_k}")
-        output = self.basic_model.outputs[0]
-        for layer in layers:
-            output = layer(output)
-        if layers is not old_layers:
-            copy_matching_weights(old_layers, layers)
+            return apply_layers(old_layers, self.basic_model.outputs[0])
+        vpl_options = {"start_iters": vpl_start_iterations(self.vpl_start_iters, self.steps_per_epoch),
+                       "allowed_delta": self.vpl_allowed_delta}
+        layers = make_head_layers(spec, head_regularizer(self.output_weight_decay, self.basic_model), vpl_options)
+        logger.info(">>>> Output head: %s, %d classes, top-K %d", spec.kind, spec.classes, spec.loss_top_k)
+        output = apply_layers(layers, self.basic_model.outputs[0])
+        copy_matching_weights(old_layers, layers)
         self.head_spec = spec
         return output
-
-    def embedding_output(self, kind):
-        """The basic model's embedding as a named float32 output `<kind>_embedding` (through `distill_map` when a
-        distillation teacher's embeddings are wider or narrower)."""
-        embedding = self.basic_model.outputs[0]
-        if kind == "distill" and self.teacher_emb_size not in (None, self.emb_shape):
-            embedding = keras.layers.Dense(self.teacher_emb_size, use_bias=False, name="distill_map", dtype="float32")(
-                embedding
-            )
-        return keras.layers.Activation("linear", dtype="float32", name=f"{kind}_embedding")(embedding)
-
-    def vpl_iters(self):
-        """VPL start in iterations (values below 50 are epochs)."""
-        start = self.vpl_start_iters
-        return start * self.steps_per_epoch if 0 < start < 50 else start
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Data
 
     def reset_dataset(self, data_path=None):
         """Force the dataset to be rebuilt at the next stage, optionally from a new `data_path`."""
@@ -541,212 +615,171 @@ class Train:
         if self.train_ds is not None and key == self.dataset_key:
             return
         options = dict(self.dataset_options, batch_size=self.global_batch_size, img_shape=self.img_shape)
-        if triplet:
-            options.pop("mixup_alpha")
-            self.train_ds, self.steps_per_epoch = data.Triplet_dataset(self.data_path, **options)
-        else:
-            options.update(partial_fc_split=self.partial_fc_split, seed=self.seed, initial_epoch=initial_epoch)
-            self.train_ds, self.steps_per_epoch = data.prepare_dataset(self.data_path, **options)
-        if self.train_ds is None:
-            raise ValueError(f"{self.data_path}: no training images")
-        label_spec = self.train_ds.element_spec[1]
-        self.is_distill_ds = isinstance(label_spec, tuple)
-        self.teacher_emb_size = int(label_spec[0].shape[-1]) if self.is_distill_ds else None
-        labels = label_spec[1] if self.is_distill_ds else label_spec
-        self.classes = int(labels.shape[-1])
-        if tf.distribute.has_strategy():
-            options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-            self.train_ds = self.train_ds.with_options(options)
+        self.train_ds, self.steps_per_epoch = build_dataset(self.data_path, triplet, options, self.partial_fc_split,
+                                                            self.seed, initial_epoch)
+        self.is_distill_ds, self.teacher_emb_size, self.classes = label_layout(self.train_ds)
         self.dataset_key = key
-
-    def arranged_dataset(self, output_kinds):
-        """The dataset with one target per model output: teacher embeddings for `distill`, labels otherwise."""
-        def arrange(images, targets):
-            embeddings, labels = targets if self.is_distill_ds else (None, targets)
-            arranged = tuple(embeddings if kind == "distill" else labels for kind in output_kinds)
-            return images, arranged if len(arranged) > 1 else arranged[0]
-
-        return self.train_ds.map(arrange, num_parallel_calls=tf.data.AUTOTUNE)
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Training
 
     def train(self, train_schedule, initial_epoch=0):
         """Run the scheduler stages in order from epoch `initial_epoch`; each trains its `epoch` epochs (a
         `bottleneckOnly` stage trains from epoch 0 and does not advance the count). Returns the final epoch.
 
-        Stage keys: the parameters of `train_single_scheduler`, plus the aliases `centerloss: weight`,
-        `triplet: weight`, `distill: weight` (attach that embedding loss) and `alpha` (triplet margin).
-        The caller's dicts are not changed.
+        Stage keys: see `schedule` (the original's, and the aliases `centerloss` / `triplet` / `distill: weight`
+        and `alpha`); every stage is parsed before the first one runs. The caller's dicts are not changed.
         """
-        schedule = [train_schedule] if isinstance(train_schedule, dict) else list(train_schedule)
-        self.restore_best_accuracies(initial_epoch)
-        for stage in schedule:
-            stage = self.expand_stage_aliases(stage)
-            self.train_single_scheduler(**stage, initial_epoch=initial_epoch)
-            initial_epoch += 0 if stage.get("bottleneckOnly", False) else stage["epoch"]
+        stages = schedule.parse_schedule(train_schedule)
+        self.claim_run(initial_epoch > 0)
+        restore_best_accuracies(self.my_history.history, self.my_evals, initial_epoch)
+        for stage in stages:
+            self.run_stage(stage, initial_epoch)
+            initial_epoch += 0 if stage.bottleneck_only else stage.epoch
             if self.model is None or self.model.stop_training:
-                print(">>>> Training stopped early")
+                logger.info(">>>> Training stopped early")
                 break
         return initial_epoch
 
-    def restore_best_accuracies(self, epochs):
-        """Give each eval callback the best accuracy of the first `epochs` epochs recorded in the history, so that
-        a run continued from epoch `epochs` replaces the best basic model only by a better one."""
-        lr_entries = len(self.my_history.history.get("lr", []))
-        for callback in self.my_evals:
-            values = self.my_history.history.get(callback.test_names, [])
-            first_epoch = lr_entries - len(values)  # a shorter key covers the latest epochs
-            recorded = values[: max(epochs - first_epoch, 0)]
-            callback.max_accuracy = max((value for value in recorded if value is not None), default=0.0)
-
-    def resume(self, train_schedule):
+    def resume(self, train_schedule, accept_checkpoint_options=False, rebuild_head=False):
         """Continue a run of `train_schedule` that was interrupted: load the newest `_epoch{NN}.keras` checkpoint
-        (model, optimizer state), skip the stages it completed, shorten the current one, and train the rest. The
-        learning-rate schedule and `_hist.json` continue from epoch NN. Returns the final epoch."""
-        completed, path = self.last_checkpoint()
-        if path is None:
-            print(">>>> No epoch checkpoint found; starting from epoch 0")
+        (model, optimizer state; a truncated or corrupt one falls back to the previous epoch's, with a warning),
+        skip the stages it completed, shorten the current one, and train the rest. The learning-rate schedule and
+        `_hist.json` continue from epoch NN. Returns the final epoch.
+
+        Args:
+            train_schedule: the run's whole schedule, as when it started.
+            accept_checkpoint_options: continue when the checkpoint differs from this run (`run_options` recorded
+                in `<stem>_options.json`, the basic model's input or embedding size, the schedule's optimizer at
+                epoch NN), with the checkpoint's model and optimizer; otherwise `CheckpointMismatchError` with a
+                table of the differences, before any training.
+            rebuild_head: when the dataset has another class count than the checkpoint's head, build a new head
+                for it; otherwise `CheckpointMismatchError`.
+        """
+        self.run_claimed = True
+        checkpoints = epoch_checkpoints(self.checkpoint_dir, self.stem)
+        if not checkpoints:
+            logger.info(">>>> No epoch checkpoint found; starting from epoch 0")
             return self.train(train_schedule, 0)
-        print(f">>>> Resuming from {path} (epoch {completed} completed)")
-        self.model = self.load(path, compile=True)
+        completed, path, model = load_newest_checkpoint(checkpoints, self.load)
+        logger.info(">>>> Resuming from %s (epoch %d completed)", path, completed)
+        rows = merged_differences(
+            option_differences(read_run_options(self.output_path("_options.json")), self.run_options or {}),
+            model_differences(model, self.basic_model, schedule.optimizer_in_effect(train_schedule, completed)),
+        )
+        if rows and not accept_checkpoint_options:
+            raise checkpoint_mismatch(path, rows, ACCEPT_HINT)
+        if rows:
+            logger.warning(">>>> %s differs from this run; continuing with the checkpoint's model and optimizer:\n%s",
+                           path, difference_table(rows))
+        self.adopt_checkpoint(path, model, rebuild_head)
+        remaining = remaining_stages(train_schedule, completed)
+        if not remaining:
+            logger.warning(">>>> %s completed the schedule's %d epochs: nothing left to train", path, completed)
+        return self.train(remaining, completed)
+
+    def adopt_checkpoint(self, path, model, rebuild_head):
+        """Continue from the training model `model` loaded from `path`: its basic model, head, shapes and CenterLoss
+        centres become the run's; its head's class count is checked against the dataset unless `rebuild_head`."""
+        self.model = model
         write_centers_of(self.model, self.output_path("_centers.npy"))
         self.basic_model = basic_model_of(self.model)
         self.head_spec, self.inited_from_model = head_spec_of(self.model), False
+        self.emb_shape, self.img_shape = model_shapes(self.basic_model)
+        self.reset_dataset()
+        keep_head = self.head_spec is not None and not rebuild_head
+        self.checkpoint_head = (path, self.head_spec.classes) if keep_head else None
         for callback in self.my_evals:
             callback.basic_model = self.basic_model
-        return self.train(remaining_stages(train_schedule, completed), completed)
+
+    def check_checkpoint_classes(self):
+        """Once after `resume`: `CheckpointMismatchError` when the dataset's class count differs from the
+        checkpoint's head (unless `resume` was asked to rebuild the head)."""
+        checkpoint_head, self.checkpoint_head = self.checkpoint_head, None
+        if checkpoint_head is not None and checkpoint_head[1] != self.classes:
+            raise checkpoint_mismatch(checkpoint_head[0], [("classes", checkpoint_head[1], self.classes)],
+                                      REBUILD_HINT)
 
     def last_checkpoint(self):
         """`(epoch, path)` of the newest complete `_epoch{NN}.keras` checkpoint, `(0, None)` when there is none."""
-        pattern = re.compile(re.escape(self.stem) + r"_epoch(\d+)\.keras$")
-        found = [
-            (int(match.group(1)), path)
-            for path in glob.glob(os.path.join(glob.escape(self.checkpoint_dir), self.stem + "_epoch*.keras"))
-            if (match := pattern.search(os.path.basename(path)))
-        ]
-        return max(found) if found else (0, None)
+        return last_epoch_checkpoint(self.checkpoint_dir, self.stem)
 
-    @staticmethod
-    def expand_stage_aliases(stage):
-        """A copy of a scheduler dict with `centerloss` / `triplet` / `distill` moved into `embLossTypes` /
-        `embLossWeights` and `alpha` renamed `tripletAlpha`."""
-        stage = dict(stage)
-        types, weights = list(stage.pop("embLossTypes", None) or []), stage.pop("embLossWeights", 1)
-        weights = as_list(weights, len(types)) if types else []
-        for alias in EMBEDDING_LOSS_ALIASES:
-            if alias in stage:
-                types.append(alias)
-                weights.append(stage.pop(alias))
-        if "alpha" in stage:
-            stage["tripletAlpha"] = stage.pop("alpha")
-        if types:
-            stage["embLossTypes"], stage["embLossWeights"] = types, weights
-        return stage
+    def train_single_scheduler(self, epoch, loss=None, initial_epoch=0, lossWeight=1, optimizer=None,
+                               bottleneckOnly=False, lossTopK=1, type=None, embLossTypes=None, embLossWeights=1,
+                               tripletAlpha=0.35):
+        """Train one stage of `epoch` epochs from `initial_epoch` (the keys of a scheduler dict, see `schedule`)."""
+        self.claim_run(initial_epoch > 0)
+        stage = schedule.parse_stage({
+            "epoch": epoch, "loss": loss, "lossWeight": lossWeight, "optimizer": optimizer,
+            "bottleneckOnly": bottleneckOnly, "lossTopK": lossTopK, "type": type, "embLossTypes": embLossTypes,
+            "embLossWeights": embLossWeights, "tripletAlpha": tripletAlpha,
+        })
+        self.run_stage(stage, initial_epoch)
 
-    def train_single_scheduler(
-        self,
-        epoch,
-        loss=None,
-        initial_epoch=0,
-        lossWeight=1,
-        optimizer=None,
-        bottleneckOnly=False,
-        lossTopK=1,
-        type=None,
-        embLossTypes=None,
-        embLossWeights=1,
-        tripletAlpha=0.35,
-    ):
-        """Train one stage of `epoch` epochs from `initial_epoch`.
+    def run_stage(self, stage, initial_epoch):
+        """Train one parsed `schedule.Stage` from `initial_epoch` (from 0 for a bottleneck-only stage): resolve its
+        losses, build and compile the model, fit."""
+        start = 0 if stage.bottleneck_only else initial_epoch
+        stage_losses = self.resolve_losses(stage, start)
+        self.build_and_compile(stage, stage_losses)
+        self.fit_stage(stage, stage_losses, start)
 
-        `loss`: the main loss (None reuses the compiled one); `type`: override the type inferred from it;
-        `lossWeight`: weight of the main output; `optimizer`: None reuses the compiled optimizer (or Adam);
-        `bottleneckOnly`: freeze the basic model, train the head only, without evaluation or checkpoints, from
-        epoch 0; `lossTopK`: sub-centres of the NormDense head; `embLossTypes` / `embLossWeights`: extra
-        embedding losses (names, classes or functions containing center / triplet / distill); `tripletAlpha`.
-        """
-        if loss is None:
-            if self.model is None or not getattr(self.model, "loss", None):
-                raise ValueError("the first scheduler stage needs a 'loss'")
-            loss = losses.flatten_losses(self.model.loss)[-1]
-        loss_type = type or loss_type_of(loss)
-        emb_types = list(embLossTypes or [])
-        emb_weights = as_list(embLossWeights, len(emb_types)) if emb_types else []
-        emb_kinds = [embedding_kind(name) for name in emb_types]
+    def resolve_losses(self, stage, start_epoch):
+        """The stage's `schedule.StageLosses`, after building the dataset they need (triplet batches or not)."""
+        main_loss = stage.loss if stage.loss is not None else compiled_main_loss(self.model)
+        self.init_dataset(schedule.needs_triplet_batches(stage, main_loss), start_epoch)
+        self.check_checkpoint_classes()
+        return schedule.resolve_losses(stage, main_loss, self.is_distill_ds, self.classes, self.emb_shape,
+                                       self.output_path("_centers.npy"))
 
-        self.init_dataset(loss_type == "triplet" or "triplet" in emb_kinds, 0 if bottleneckOnly else initial_epoch)
-        if loss_type == "distill" and not self.is_distill_ds:
-            raise ValueError(f"{self.data_path}: a distill loss needs a dataset with teacher embeddings")
-        if self.is_distill_ds and "distill" not in [*emb_kinds, loss_type]:
-            emb_types, emb_weights, emb_kinds = [*emb_types, "distill"], [*emb_weights, 1], [*emb_kinds, "distill"]
-        order = sorted(range(len(emb_kinds)), key=lambda i: ("distill", "triplet", "center").index(emb_kinds[i]))
-        emb_types, emb_weights, emb_kinds = ([items[i] for i in order] for items in (emb_types, emb_weights, emb_kinds))
-        emb_losses = [
-            embedding_loss(kind, None if isinstance(name, str) else name, self.classes, self.emb_shape, tripletAlpha,
-                           self.output_path("_centers.npy"))
-            for kind, name in zip(emb_kinds, emb_types, strict=True)
-        ]
-
+    def build_and_compile(self, stage, stage_losses):
+        """Build the stage's training model (loading `pretrained` weights once), freeze the basic model for a
+        bottleneck-only stage, and compile with the stage's optimizer (or the compiled one, or Adam)."""
         compiled_optimizer = getattr(self.model, "optimizer", None) if self.model is not None else None
-        self.build_model(loss_type, loss, lossTopK, emb_kinds)
+        self.build_model(stage_losses.main_kind, stage_losses.main, stage.loss_top_k, stage_losses.attached_kinds)
         if self.pretrained and not self.inited_from_model:
             self.model.load_weights(self.pretrained)
             self.pretrained = None
-        self.basic_model.trainable = not bottleneckOnly
-        all_losses, weights = [*emb_losses, loss], [*emb_weights, lossWeight]
+        self.basic_model.trainable = not stage.bottleneck_only
         self.model.compile(
-            optimizer=optimizer_for(optimizer or compiled_optimizer or self.default_optimizer, self.model),
-            loss=all_losses if len(all_losses) > 1 else loss,
-            loss_weights=weights if len(weights) > 1 else None,
-            metrics=self.output_metrics(),
+            optimizer=optimizer_for(stage.optimizer or compiled_optimizer or self.default_optimizer, self.model),
+            **stage_losses.compile_arguments(),
+            metrics=output_metrics(self.model, self.metrics),
             jit_compile=self.jit_compile,
             steps_per_execution=self.steps_per_execution,
         )
-        dataset = self.arranged_dataset([*emb_kinds, loss_type])
+
+    def fit_stage(self, stage, stage_losses, start):
+        """Fit the compiled model for the stage's epochs from epoch `start`; then save the basic model, unless the
+        stage was bottleneck-only or a NaN loss stopped it (which also stops the later stages)."""
+        dataset = arranged_dataset(self.train_ds, self.is_distill_ds, stage_losses.output_kinds)
         build_compiled_state(self.model, dataset)
-        start = 0 if bottleneckOnly else initial_epoch
+        callbacks = self.stage_callbacks(stage.bottleneck_only, stage_losses)
         with multi_worker_fit_workarounds(self.model):
-            self.model.fit(
-                dataset,
-                epochs=start + epoch,
-                initial_epoch=start,
-                steps_per_epoch=self.steps_per_epoch,
-                callbacks=self.stage_callbacks(bottleneckOnly, emb_losses, loss),
-                verbose=self.verbose,
-            )
+            self.model.fit(dataset, epochs=start + stage.epoch, initial_epoch=start,
+                           steps_per_epoch=self.steps_per_epoch, callbacks=callbacks, verbose=self.verbose)
         self.basic_model.trainable = True
         if self.nan_guard.nan_detected:
-            print(f">>>> NaN loss: training stopped; the last good checkpoint is {self.output_path('.keras')}")
+            logger.warning(">>>> NaN loss: training stopped; the last good checkpoint is %s",
+                           self.output_path(".keras"))
             self.model.stop_training = True
-        elif not bottleneckOnly:
-            myCallbacks.save_model_atomic(self.basic_model, self.output_path("_basic_model_latest" + self.basic_suffix))
+        elif not stage.bottleneck_only:
+            atomic_io.save_model_atomic(self.basic_model, self.output_path("_basic_model_latest" + self.basic_suffix))
 
-    def output_metrics(self):
-        """`accuracy` for every output that is not an embedding (by output name), None when there is none."""
-        names = [name for name in self.model.output_names if "embedding" not in name]
-        if len(self.model.outputs) == 1:
-            return list(self.metrics) if names else None
-        return {name: list(self.metrics) for name in names} or None
-
-    def stage_callbacks(self, bottleneck_only, emb_losses, loss):
-        """Callbacks of a stage: evals, the user's, loss running values, history, checkpoint, LR schedule,
-        center-loss saving, the NaN guard and the VPL queue update."""
+    def stage_callbacks(self, bottleneck_only, stage_losses):
+        """Callbacks of a stage: evals, the user's, loss running values, history, checkpoint (not for a
+        bottleneck-only stage), LR schedule, center-loss saving, a new NaN guard and the VPL queue update."""
         callbacks = [] if bottleneck_only else list(self.my_evals)
         callbacks += [*self.custom_callbacks, losses.LossRunningValuesLogger()]
-        if not bottleneck_only:
-            callbacks += [self.my_history] + ([self.model_checkpoint] if self.model_checkpoint.enabled else [])
+        callbacks += [] if bottleneck_only else [self.my_history, self.model_checkpoint]
         if self.lr_scheduler is not None:
             if hasattr(self.lr_scheduler, "build"):
                 self.lr_scheduler.build(self.steps_per_epoch)
             callbacks.append(self.lr_scheduler)
-        callbacks += [item.save_centers_callback for item in emb_losses if hasattr(item, "save_centers_callback")]
+        callbacks += [loss.save_centers_callback for _, loss, _ in stage_losses.attached
+                      if hasattr(loss, "save_centers_callback")]
         self.nan_guard = myCallbacks.ExitOnNaN()
         callbacks.append(self.nan_guard)
         if isinstance(self.model.layers[-1], NormDenseVPL):
-            loss.build(self.batch_size)
-            callbacks.append(VPLUpdateQueue(self.model.layers[-1], loss))
+            stage_losses.main.build(self.batch_size)
+            callbacks.append(VPLUpdateQueue(self.model.layers[-1], stage_losses.main))
         return callbacks
 
 
@@ -754,6 +787,9 @@ class Train:
 # Command line
 
 DEMO_DIR = os.path.join("datasets", "demo")
+# Options that define a run's model and optimizer: recorded in <stem>_options.json, checked by --resume.
+RUN_OPTION_NAMES = ("model", "width", "strides", "emb_shape", "input_size", "weight_decay", "output_weight_decay",
+                    "loss", "optimizer")
 LOSSES_BY_NAME = {
     "arcface": losses.ArcfaceLoss,
     "cosface": losses.CosFaceLoss,
@@ -796,13 +832,29 @@ def parse_arguments(argv=None):
     parser.add_argument("--lr_decay_steps", type=float, nargs="*", help="cosine period in epochs (> 1), exponential "
                         "(<= 1) or a list of step-decay epochs (default: one cosine period over all epochs)")
     parser.add_argument("--lr_min", type=float, default=1e-4, help="minimum learning rate")
-    parser.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up epochs")
+    parser.add_argument("--lr_warmup_steps", type=int, default=1, help="warm-up epochs: the LR rises linearly from "
+                        "lr_min to lr_base (without it, one demo seed in five collapsed mid-training)")
     parser.add_argument("--random_status", type=int, default=0, help="augmentation level (-1 .. 3, >= 100)")
     parser.add_argument("--mixed_precision", action="store_true", help="mixed_float16 (GPUs)")
     parser.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard logs into DIR")
-    parser.add_argument("--resume", action="store_true", help="continue the run of --save_path from its last epoch")
+    add_continuation_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="random seed (weights and data order)")
     return parser.parse_args(argv)
+
+
+def add_continuation_arguments(parser):
+    """The options of `parser` that say what happens to an earlier run of the same name: `--resume` (with
+    `--accept_checkpoint_options`, `--rebuild_head`) or `--overwrite`."""
+    continuation = parser.add_mutually_exclusive_group()
+    continuation.add_argument("--resume", action="store_true", help="continue the run of --save_path from its last "
+                              "epoch checkpoint (a truncated one falls back to the epoch before)")
+    continuation.add_argument("--overwrite", action="store_true", help="replace an earlier run of --save_path in "
+                              "--checkpoint_dir (its files are removed); without it a new run refuses to start there")
+    parser.add_argument("--accept_checkpoint_options", action="store_true", help="with --resume: continue even when "
+                        f"the checkpoint was trained with other {', '.join(RUN_OPTION_NAMES)}, with the checkpoint's "
+                        "model and optimizer (without it --resume stops with a table of the differences)")
+    parser.add_argument("--rebuild_head", action="store_true", help="with --resume: build a new output head when the "
+                        "data has another number of classes than the checkpoint (without it: an error)")
 
 
 def demo_data():
@@ -811,7 +863,7 @@ def demo_data():
     if not (os.path.isdir(train_dir) and os.path.isfile(bin_path)):
         from synthetic_faces import build_demo
 
-        print(f">>>> Generating the synthetic demo data into {DEMO_DIR}")
+        logger.info(">>>> Generating the synthetic demo data into %s", DEMO_DIR)
         build_demo(DEMO_DIR)
     return train_dir, bin_path
 
@@ -844,15 +896,29 @@ def build_schedule(args):
 
 
 def verification_accuracy(basic_model, bin_paths):
-    """10-fold verification accuracy of `basic_model` on each bin, {bin name: accuracy}."""
+    """10-fold verification accuracy of `basic_model` on each bin, {bin name: accuracy}; NaN for a bin whose
+    embeddings are not finite (a model that a NaN loss broke)."""
     table = evals.evaluate_bin_files(basic_model, bin_paths, batch_size=128)
-    return table["accuracy_mean"].to_dict()
+    return table.reindex(columns=["accuracy_mean"])["accuracy_mean"].to_dict()  # NaN where not computed
 
 
-def main(argv=None):
-    """CLI entry: train with the options and print the verification accuracy before and after; returns them."""
-    args = parse_arguments(argv)
-    keras.utils.set_random_seed(args.seed)
+def training_failure(tt, after, eval_paths):
+    """Why the run of `tt` failed, or None: a NaN loss stopped it, or the verification accuracy `after` ({bin name:
+    accuracy}) is missing or not finite for one of `eval_paths`."""
+    if tt.nan_guard is not None and tt.nan_guard.nan_detected:
+        return f"a NaN loss stopped training; the last good checkpoint is {tt.output_path('.keras')}"
+    not_computed = [name for name, value in after.items() if not math.isfinite(value)]
+    if len(after) < len(eval_paths) or not_computed:
+        return f"the verification accuracy was not computed for {not_computed or list(eval_paths)}"
+    return None
+
+
+def run(args):
+    """Train with the parsed command-line options; returns `(before, after, failure)`: the verification accuracies
+    ({bin name: accuracy}) of the untrained and the trained model, and `training_failure`'s reason or None."""
+    if not (args.resume or args.overwrite):
+        check_new_run_name(args.checkpoint_dir, run_names(args.save_path)[0])
+    runtime_setup.seed_everything(args.seed)  # op determinism on machines with a GPU
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     data_path, eval_paths, epoch_eval_paths = args.data_path, args.eval_paths or [], args.eval_paths or []
@@ -869,16 +935,52 @@ def main(argv=None):
         lr_base=args.lr_base, lr_decay=args.lr_decay, lr_decay_steps=lr_decay_steps, lr_min=args.lr_min,
         lr_warmup_steps=args.lr_warmup_steps, random_status=args.random_status,
         output_weight_decay=args.output_weight_decay, checkpoint_dir=args.checkpoint_dir, seed=args.seed,
+        overwrite=args.overwrite, run_options={name: getattr(args, name) for name in RUN_OPTION_NAMES},
     )
     if args.tensorboard:
         tt.custom_callbacks.append(keras.callbacks.TensorBoard(args.tensorboard))
-    schedule = build_schedule(args)
-    tt.resume(schedule) if args.resume else tt.train(schedule)
+    stages = build_schedule(args)
+    if args.resume:
+        tt.resume(stages, accept_checkpoint_options=args.accept_checkpoint_options, rebuild_head=args.rebuild_head)
+    else:
+        tt.train(stages)
     after = verification_accuracy(tt.basic_model, eval_paths) if eval_paths else {}
+    return before, after, training_failure(tt, after, eval_paths)
+
+
+def print_results(before, after, failure):
+    """Print the verification accuracy of every bin before and after training, and the failure if there is one."""
     for name in after:
         print(f">>>> {name}: verification accuracy {before[name]:.4f} untrained -> {after[name]:.4f} trained")
+    if failure:
+        print(f">>>> Training failed: {failure}")
+
+
+def run_and_print(argv=None):
+    """Parse `argv`, log to the terminal, train (`run`) and print the results; returns `run`'s triple."""
+    show_library_logs()
+    before, after, failure = run(parse_arguments(argv))
+    print_results(before, after, failure)
+    return before, after, failure
+
+
+def main(argv=None):
+    """CLI entry: train with the options and print the verification accuracy before and after; returns them as
+    `(before, after)`, {bin name: accuracy} each."""
+    before, after, _ = run_and_print(argv)
     return before, after
 
 
+def command_line(argv=None):
+    """`python train.py`: `main`, returning the exit status: 0 when training succeeded, 1 when it failed (a NaN
+    loss stopped it, or the verification accuracy was not computed), 2 when it did not start (a run of that name
+    exists, or `--resume` found a checkpoint that differs from the options; the message says what to do)."""
+    try:
+        return 1 if run_and_print(argv)[2] else 0
+    except (RunExistsError, CheckpointMismatchError) as error:
+        print(f">>>> Not started: {error}")
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(command_line())

@@ -2,14 +2,16 @@
 
     python bench/inference.py [--width 1.3] [--strides 2] [--batch_sizes 1 64] [--seconds 6] [--threads N]
 
-Builds GhostFaceNetV1 (default width 1.3, stem stride 2, 112x112) with batch-norm statistics set from synthetic
-faces, exports it to ONNX (NHWC) and TFLite (float32, float16, dynamic-range int8) in a temporary folder, prints
-the parity of each export against Keras, then times the raw model call (no preprocessing, no flip) at each batch
-size: every runner is warmed up once and called repeatedly for about `--seconds`; the best of `--rounds`
+Builds GhostFaceNetV1 (default width 1.3, stem stride 2, 112x112) with batch-norm statistics set from
+`export.sample_faces` images, exports it to ONNX (NHWC) and TFLite (float32, float16, dynamic-range int8) in a
+temporary folder, logs the parity of each export against Keras, then times the runner call (uint8 batch in,
+normalised inside, no flip) at each batch size:
+every runner is warmed up once and called repeatedly for about `--seconds`; the best of `--rounds`
 alternating rounds is kept. Printed: embeddings/s and the ratio to Keras (a `tf.function`, `training=False`).
 """
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -21,9 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+import embedding
 import export
 import GhostFaceNets
-import inference
 
 
 def embeddings_per_second(runner, batch, seconds):
@@ -40,15 +42,15 @@ def build_runners(model, workdir, threads):
     """{name: runner}: Keras, and ONNX Runtime / TFLite runners of the model exported under ``workdir``."""
     faces = export.sample_faces(8)
     function = export.inference_function(model)
-    runners = {"keras": inference.KerasRunner(model)}
+    runners = {"keras": embedding.KerasRunner(model)}
     onnx_path = export.export_onnx(model, Path(workdir) / "model.onnx", function=function)
     export.check_parity(model, onnx_path, faces, "ONNX NHWC")
-    runners["onnxruntime"] = inference.OnnxRunner(onnx_path, threads)
+    runners["onnxruntime"] = embedding.OnnxRunner(onnx_path, threads)
     for quantization in export.TFLITE_QUANTIZATIONS:
         path = export.export_tflite(model, Path(workdir) / f"model_{quantization}.tflite", quantization,
                                     function=function)
         export.check_parity(model, path, faces, f"TFLite {quantization}")
-        runners[f"tflite {quantization}"] = inference.TFLiteRunner(path, threads)
+        runners[f"tflite {quantization}"] = embedding.TFLiteRunner(path, threads)
     return runners
 
 
@@ -61,6 +63,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="alternate the runners this many times, keep the best")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="ONNX Runtime / LiteRT CPU threads")
     args = parser.parse_args()
+    logging.basicConfig(stream=sys.stdout, format="%(message)s")
+    logging.getLogger("export").setLevel(logging.INFO)  # the parity lines
 
     model = GhostFaceNets.GhostFaceNetV1(width=args.width, strides=args.strides, weight_decay=0)
     export.set_batchnorm_statistics(model, export.sample_faces(32))
@@ -70,7 +74,7 @@ def main():
         runners = build_runners(model, workdir, args.threads)
         rng = np.random.default_rng(0)
         for batch_size in args.batch_sizes:
-            batch = inference.normalize(rng.integers(0, 256, (batch_size, 112, 112, 3)))
+            batch = rng.integers(0, 256, (batch_size, 112, 112, 3), dtype=np.uint8)
             best = dict.fromkeys(runners, 0.0)
             for _ in range(args.rounds):
                 for name, runner in runners.items():

@@ -89,11 +89,10 @@ def library_rate(data_path, workdir, width, strides, batch_size, steps, warmup):
 
     tt = train.Train(
         data_path, "bench.h5", basic_model=basic_model(width, strides), batch_size=batch_size, lr_base=0.1,
-        checkpoint_dir=os.path.join(workdir, "checkpoints"), cache_dir=workdir, verbose=0,
+        checkpoint_dir=os.path.join(workdir, "checkpoints"), cache_dir=workdir, verbose=0, overwrite=True,
     )
     timer = step_timer(batch_size, warmup)
     tt.custom_callbacks.append(timer)
-    tt.model_checkpoint.enabled = False
     schedule = {"loss": losses.ArcfaceLoss(scale=64), "epoch": 1, "optimizer": keras.optimizers.SGD(0.1, momentum=0.9)}
     tt.train(schedule)
     return timer.images_per_second()

@@ -24,3 +24,21 @@ def shared_dir():
         pytest.skip(f"shared reference folder not found at {SHARED_DIR} (set GHOSTFACENETS_SHARED); "
                     "a user's clone has none")
     return SHARED_DIR
+
+
+def build_tiny_embedding_model(size=112, embedding_size=128, pool=8, seed=0, use_bias=False, name="tiny"):
+    """The shared tiny embedding model: (size, size, 3) → `pool`x`pool` average pooling → flatten → Dense named
+    `embedding` (seeded normal kernel). Linear, so tests can compute its embeddings independently in NumPy."""
+    import keras
+
+    inputs = keras.Input((size, size, 3))
+    pooled = keras.layers.Flatten()(keras.layers.AveragePooling2D(pool)(inputs))
+    outputs = keras.layers.Dense(embedding_size, use_bias=use_bias, name="embedding",
+                                 kernel_initializer=keras.initializers.RandomNormal(seed=seed))(pooled)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@pytest.fixture
+def tiny_embedding_model():
+    """Factory fixture returning `build_tiny_embedding_model` (call it with the sizes a test needs)."""
+    return build_tiny_embedding_model

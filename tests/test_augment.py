@@ -79,3 +79,20 @@ def test_policies_and_augmenters_run_inside_tf_data(image):
     assert np.array_equal(fixed, expected) or np.array_equal(fixed, mirrored)
     with pytest.raises(ValueError, match="unknown AutoAugment policy"):
         augment.AutoAugment("v3")
+
+
+def test_training_augmentation_and_mixup_live_in_augment():
+    import data
+
+    assert data.RandomProcessImage is augment.RandomProcessImage and data.mixup is augment.mixup
+    values = tf.constant(np.arange(12, dtype=np.float32).reshape(3, 2, 2))
+    weight, partner = tf.constant([1.0, 0.75, 0.5]), tf.constant([2, 0, 1])
+    mixed = augment.mix_with_partner(values, weight, partner).numpy()
+    expected = values.numpy() * np.reshape([1.0, 0.75, 0.5], (3, 1, 1))
+    expected += values.numpy()[[2, 0, 1]] * np.reshape([0.0, 0.25, 0.5], (3, 1, 1))
+    np.testing.assert_allclose(mixed, expected)
+    tf.random.set_seed(1)
+    weight, partner = augment.mixup_weights(64, 0.4)
+    weight = weight.numpy()
+    assert ((weight >= 0.5) & (weight <= 1)).all() and not ((weight > 0.9) & (weight < 1)).any()
+    assert sorted(partner.numpy().tolist()) == list(range(64))

@@ -151,3 +151,23 @@ def test_command_line_summary_prints_params_and_macs(capsys):
     printed = capsys.readouterr().out
     assert "total params: 4,066,900" in printed
     assert "MACs (conv/dense): 59.3" in printed
+
+
+def conv_kernels(seed):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = backbones.GhostNetV1(input_shape=(32, 32, 3), width=0.5)
+    return [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers if isinstance(layer, layers.Conv2D)]
+
+
+def test_conv_kernels_are_drawn_per_layer_and_follow_the_seed():
+    first, again, other = conv_kernels(0), conv_kernels(0), conv_kernels(1)
+    for kernel, repeat in zip(first, again, strict=True):
+        np.testing.assert_array_equal(kernel, repeat)  # the same seed builds the same model
+    assert not np.array_equal(first[0], other[0])
+    by_shape = {}
+    for kernel in first:
+        by_shape.setdefault(kernel.shape, []).append(kernel)
+    same_shape = next(kernels for kernels in by_shape.values() if len(kernels) > 1)
+    assert not np.array_equal(same_shape[0], same_shape[1])  # layers of one shape draw different values

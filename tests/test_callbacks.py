@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+import atomic_io
 import losses
 import myCallbacks as mc  # noqa: N813 (short name for the module under test)
 
@@ -281,13 +282,14 @@ def test_my_history_write_is_atomic(tmp_path, monkeypatch):
     history = mc.My_history(str(hist_file))
     history.history["lr"].append(0.2)
 
-    def broken_dump(data, ff, **kwargs):
-        ff.write('{"lr": [0.1, ')
+    def broken_write(path, text, **kwargs):
+        with open(path, "w") as ff:
+            ff.write(text[:10])
         raise OSError("disk full")
 
-    monkeypatch.setattr(mc.json, "dump", broken_dump)
+    monkeypatch.setattr(atomic_io.Path, "write_text", broken_write)
     with pytest.raises(OSError, match="disk full"):
-        mc.write_json_atomic(hist_file, history.history)
+        atomic_io.write_json_atomic(hist_file, history.history)  # what My_history.on_epoch_end calls
     assert json.loads(hist_file.read_text()) == {"lr": [0.1], "loss": [1.0]}
     assert sorted(os.listdir(tmp_path)) == ["X_hist.json"]
 
@@ -322,6 +324,44 @@ def test_my_history_truncate_right_aligns_late_keys_and_rejects_bad_file(tmp_pat
         mc.My_history(str(bad))
 
 
+class EvalSkippingEpoch2(keras.callbacks.Callback):
+    """Stands in for evals.eval_callback: evaluates at the end of epoch 1 (new `embs`, accuracy 0.8), skips the
+    evaluation of epoch 2 (non-finite embeddings: `embs`, `cur_acc` and `acc_thresh` keep their old values)."""
+
+    def __init__(self):
+        super().__init__()
+        self.test_names, self.cur_acc, self.acc_thresh, self.embs = "val", 0.0, 0.0, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.embs, self.cur_acc, self.acc_thresh = np.ones((2, 3)), 0.8, 0.3
+
+
+def test_my_history_records_a_skipped_evaluation_as_null(tmp_path):
+    """A skipped evaluation is null in `_hist.json` (not its stale or initial 0.0 value); plot reads it as a gap."""
+    import plot
+
+    hist_file = tmp_path / "X_hist.json"
+    evaluation = EvalSkippingEpoch2()
+    x, y = tiny_data()
+    tiny_model().fit(x, y, batch_size=BATCH_SIZE, epochs=2, verbose=0,
+                     callbacks=[evaluation, mc.My_history(str(hist_file), evals=[evaluation])])
+    saved = read_json(hist_file)
+    assert saved["val"] == [0.8, None] and saved["val_thresh"] == [0.3, None]
+    epochs, values = plot.aligned_series(plot.load_history(str(hist_file)), "val")
+    assert epochs.tolist() == [0, 1] and values[0] == 0.8 and np.isnan(values[1])
+
+
+def test_braces_in_the_folder_and_stem_of_standard_callbacks_are_literal(tmp_path):
+    """`standard_callbacks("ckpt{1}", "X{loss}")` writes `ckpt{1}/X{loss}_epoch01.keras`, not a formatted name."""
+    folder = tmp_path / "ckpt{1}"
+    callbacks = mc.standard_callbacks(str(folder), "X{loss}", verbose=0)
+    x, y = tiny_data()
+    tiny_model().fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0, callbacks=callbacks[:2])
+    assert sorted(os.listdir(folder)) == ["X{loss}.keras", "X{loss}_epoch01.keras", "X{loss}_hist.json"]
+    assert mc.literal_format_text("a{1}/{loss}") == "a{{1}}/{{loss}}"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # ModelCheckpoint and NaN handling
 class WeightsAtEpochEnd(keras.callbacks.Callback):
@@ -349,8 +389,8 @@ def test_model_checkpoint_writes_epoch_and_latest_files(tmp_path):
 
 def test_model_checkpoint_weights_and_h5_formats(tmp_path):
     model = tiny_model()
-    mc.save_model_atomic(model, tmp_path / "W.weights.h5")
-    mc.save_model_atomic(model, tmp_path / "M.h5")
+    atomic_io.save_model_atomic(model, tmp_path / "W.weights.h5")
+    atomic_io.save_model_atomic(model, tmp_path / "M.h5")
     assert sorted(os.listdir(tmp_path)) == ["M.h5", "W.weights.h5"]
     other = tiny_model(seed=1)
     other.load_weights(tmp_path / "W.weights.h5")
@@ -363,7 +403,7 @@ def test_model_checkpoint_weights_and_h5_formats(tmp_path):
 
 def test_failed_save_keeps_previous_file_and_no_temporary(tmp_path, monkeypatch):
     model = tiny_model()
-    mc.save_model_atomic(model, tmp_path / "X.keras")
+    atomic_io.save_model_atomic(model, tmp_path / "X.keras")
     before = (tmp_path / "X.keras").read_bytes()
     written = []
 
@@ -376,12 +416,12 @@ def test_failed_save_keeps_previous_file_and_no_temporary(tmp_path, monkeypatch)
 
     monkeypatch.setattr(model, "save", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
-        mc.save_model_atomic(model, tmp_path / "X.keras")
+        atomic_io.save_model_atomic(model, tmp_path / "X.keras")
     assert written and (tmp_path / "X.keras").read_bytes() == before
     assert os.listdir(tmp_path) == ["X.keras"]
 
 
-def test_nan_batch_stops_training_and_keeps_last_good_checkpoint(tmp_path, capsys):
+def test_nan_batch_stops_training_and_keeps_last_good_checkpoint(tmp_path, caplog):
     x, y = tiny_data()
     model = tiny_model()
     poison_from = STEPS_PER_EPOCH + 2  # epoch 1, batch 2
@@ -399,7 +439,7 @@ def test_nan_batch_stops_training_and_keeps_last_good_checkpoint(tmp_path, capsy
     result = model.fit(x, y, batch_size=BATCH_SIZE, epochs=4, verbose=0,
                        callbacks=[exit_on_nan, history, checkpoint, weights])
     assert exit_on_nan.nan_detected and model.stop_training and checkpoint.nan_detected
-    assert "epoch 2, batch 2" in capsys.readouterr().out
+    assert "epoch 2, batch 2" in caplog.text
     assert len(result.history["loss"]) == 2  # stopped inside epoch 1, no epoch 2 or 3
     assert sorted(os.listdir(tmp_path)) == ["X.keras", "X_epoch01.keras", "X_hist.json"]
     latest = keras.models.load_model(tmp_path / "X.keras", compile=False)
@@ -458,6 +498,19 @@ def test_gently_stop_reads_the_terminal_only(monkeypatch):
         callback.on_epoch_end(1)
         assert callback.model.stop_training
     os.close(master)
+
+
+def test_standard_callbacks_is_the_one_builder(tmp_path, monkeypatch):
+    """basic_callbacks builds its set through standard_callbacks, with the checkpoint's stem and ending."""
+    calls = []
+    builder = mc.standard_callbacks
+    monkeypatch.setattr(mc, "standard_callbacks", lambda *args: calls.append(args) or builder(*args))
+    _, checkpoint, scheduler = mc.basic_callbacks("Z.weights.h5", checkpoint_dir=str(tmp_path))
+    assert [args[:3] for args in calls] == [(str(tmp_path), "Z", ".weights.h5")] and calls[0][4] is scheduler
+    assert checkpoint.filepath == str(tmp_path / "Z_epoch{epoch:02d}.weights.h5") and checkpoint.verbose == 1
+    quiet = builder(str(tmp_path / "run"), "R", verbose=0)
+    assert quiet[0].initial_file == str(tmp_path / "run" / "R_hist.json") and quiet[2] is None
+    assert quiet[1].latest_path == str(tmp_path / "run" / "R.keras") and quiet[1].verbose == 0
 
 
 def test_basic_callbacks_names(tmp_path):

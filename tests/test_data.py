@@ -160,7 +160,7 @@ def test_bad_folders_get_clear_messages(dataset_dir, tmp_path):
         data.scan_folder(copy)
 
 
-def test_unreadable_images_are_skipped_counted_and_named(dataset_dir, tmp_path, capfd):
+def test_unreadable_images_are_skipped_counted_and_named(dataset_dir, tmp_path, caplog):
     copy = tmp_path / "copy"
     shutil.copytree(dataset_dir, copy)
     _, encoded = cv2.imencode(".jpg", make_image(1))
@@ -170,11 +170,14 @@ def test_unreadable_images_are_skipped_counted_and_named(dataset_dir, tmp_path, 
     ds, _ = data.prepare_dataset(copy, batch_size=12, is_train=False, cache_dir=tmp_path)
     assert sum(images.shape[0] for images, _ in ds) == 24  # one pass over 26 files: 24 readable
     assert data.skipped_image_count() - before == 2
-    ds, steps = data.prepare_dataset(copy, batch_size=26, random_status=-1, cache_dir=tmp_path)
+    skipped = data.SkippedImages()  # a counter of its own: the default one is left alone
+    ds, steps = data.prepare_dataset(copy, batch_size=26, random_status=-1, cache_dir=tmp_path, skipped_images=skipped)
     # Training goes on, epoch after epoch: the batch holding the two broken files is two images shorter.
     assert steps == 1 and [len(labels) for _, labels in ds.take(3)] == [24, 24, 24]
-    stderr = capfd.readouterr().err
-    assert "truncated.jpg" in stderr and "fake.png" in stderr
+    assert skipped.count >= 6 and skipped.count % 2 == 0 and data.skipped_image_count() - before == 2
+    assert {os.path.basename(name) for name in skipped.files} == {"truncated.jpg", "fake.png"}
+    warnings = [record for record in caplog.records if record.levelname == "WARNING"]
+    assert any("truncated.jpg" in record.getMessage() and "fake.png" in record.getMessage() for record in warnings)
 
 
 def test_random_status_levels(dataset_dir, tmp_path):
@@ -296,6 +299,8 @@ def test_tfrecord_write_and_read(dataset_dir, tmp_path):
     assert steps == 3
     for images, labels in take(ds, 3):
         assert [class_of(image) for image in images] == list(np.argmax(labels.numpy(), 1))
+    with pytest.raises(ValueError, match="does not support image_per_class, partial_fc_split"):
+        data.prepare_dataset(str(path), batch_size=8, partial_fc_split=2, image_per_class=3)
 
 
 def test_distillation_from_npz_tfrecord_and_teacher(dataset_dir, tmp_path):
@@ -328,3 +333,62 @@ def test_distillation_from_npz_tfrecord_and_teacher(dataset_dir, tmp_path):
         )
     )
     assert soft_labels.shape == (8, 4) and np.allclose(soft_labels.numpy(), 0.25)
+
+
+def test_triplet_honours_the_cutout_mask_and_rejects_unknown_arguments(dataset_dir, tmp_path):
+    ds, _ = data.Triplet_dataset(
+        dataset_dir, batch_size=8, random_status=-1, random_cutout_mask_area=1.0, cache_dir=tmp_path
+    )
+    images = next(iter(ds))[0].numpy()
+    assert np.allclose(images[:, int(0.7 * 112) :], MASK_VALUE)
+    with pytest.raises(TypeError, match="random_cutout_mask_arae"):
+        data.Triplet_dataset(dataset_dir, batch_size=8, random_cutout_mask_arae=1.0, cache_dir=tmp_path)
+    with pytest.raises(TypeError, match="random_cutout"):
+        data.prepare_dataset(dataset_dir, batch_size=8, random_cutout=1.0, cache_dir=tmp_path)
+
+
+def batch_labels(ds, batches):
+    return [np.argmax(labels.numpy(), 1).tolist() for _, labels in ds.take(batches)]
+
+
+def test_seeded_triplet_and_partial_fc_orders_repeat(dataset_dir, tmp_path):
+    options = {"batch_size": 8, "image_per_class": 4, "random_status": -1, "cache_dir": tmp_path}
+    first = batch_labels(data.Triplet_dataset(dataset_dir, seed=5, **options)[0], 4)
+    assert first == batch_labels(data.Triplet_dataset(dataset_dir, seed=5, **options)[0], 4)
+    assert first != batch_labels(data.Triplet_dataset(dataset_dir, seed=6, **options)[0], 4)
+    ds, _ = data.Triplet_dataset(dataset_dir, seed=5, **options)
+    images = [[class_of(image) for image in images.numpy()] for images, _ in ds.take(4)]
+    assert images == first  # the images follow the labels
+    options = {"batch_size": 4, "random_status": -1, "partial_fc_split": 2, "cache_dir": tmp_path}
+    ds, _ = data.prepare_dataset(dataset_dir, seed=3, **options)
+    first = [[class_of(image) for image in images.numpy()] for images, _ in ds.take(6)]
+    ds, _ = data.prepare_dataset(dataset_dir, seed=3, **options)
+    assert first == [[class_of(image) for image in images.numpy()] for images, _ in ds.take(6)]
+
+
+def test_distillation_tfrecord_honours_is_train_seed_and_mixup(dataset_dir, tmp_path):
+    names, classes, _, _, _ = data.pre_process_folder(dataset_dir, cache_dir=tmp_path)
+    embeddings = np.eye(4, dtype=np.float32)[classes]  # the embedding of class c is one-hot c
+    path = str(tmp_path / "distill.tfrecord")
+    data.write_distill_tfrecord(path, names, classes, embeddings)
+    ds, steps = data.prepare_dataset(path, batch_size=10, is_train=False, random_status=3, mixup_alpha=1.0)
+    batches = [(images.numpy(), embs.numpy(), labels.numpy()) for images, (embs, labels) in ds]
+    assert steps == 3 and [len(images) for images, _, _ in batches] == [10, 10, 4]  # every image once, in order
+    assert np.concatenate([labels for _, _, labels in batches]).argmax(1).tolist() == classes.tolist()
+    for images, embs, _ in batches:  # not augmented, not mixed
+        assert [class_of(image) for image in images] == embs.argmax(1).tolist()
+        assert np.allclose(images[:, :, :56], normalised(np.array([class_value(c) for c in embs.argmax(1)]))[
+            :, None, None, None])
+
+    def first_batches(seed):
+        ds, _ = data.prepare_dataset(path, batch_size=8, random_status=-1, shuffle_buffer_size=24, seed=seed)
+        return [embs.numpy().argmax(1).tolist() for _, (embs, _) in ds.take(3)]
+
+    assert first_batches(1) == first_batches(1) and first_batches(1) != first_batches(2)
+    tf.random.set_seed(3)
+    ds, _ = data.prepare_dataset(path, batch_size=24, random_status=-1, mixup_alpha=1.0)
+    images, (embs, labels) = next(iter(ds))
+    assert (labels.numpy().max(1) < 1).any()  # mixed up
+    assert np.allclose(embs.numpy(), labels.numpy())  # embeddings mixed like the labels
+    expected_left = labels.numpy() @ np.array([normalised(class_value(i)) for i in range(4)])
+    assert np.allclose(images.numpy()[:, 0, 0, 0], expected_left, atol=1e-5)

@@ -77,8 +77,9 @@ def test_non_finite_embeddings_name_the_folder(tmp_path):
 
     from evals import NonFiniteEmbeddingsError
 
-    os.makedirs(tmp_path / "faces" / "a")
-    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "faces" / "a" / "0.png")
+    for path in ("a/0.png", "a/1.png", "b/0.png"):  # the evaluation needs 2 classes, one of 2 images or more
+        os.makedirs((tmp_path / "faces" / path).parent, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "faces" / path)
 
     def broken_model(images):
         return np.full((len(images), 2), np.nan)

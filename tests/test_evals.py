@@ -1,5 +1,6 @@
 """evals.py: the 10-fold verification protocol, the original callback's max accuracy, VAL@FAR, the callback, CLI."""
 
+import logging
 import os
 
 import cv2
@@ -120,6 +121,15 @@ def test_threshold_at_far_interpolates_and_tolerates_repeated_far_values():
     assert evals.threshold_at_far(thresholds, np.zeros(5), 0.25) == 0.0
 
 
+def test_threshold_at_far_without_interpolation_is_the_last_threshold_within_the_target():
+    thresholds = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    fars = np.array([0.0, 0.0, 0.5, 0.5, 1.0])
+    assert evals.threshold_at_far(thresholds, fars, 0.25, interpolate=False) == 1.0
+    assert evals.threshold_at_far(thresholds, fars, 0.5, interpolate=False) == 3.0
+    assert evals.threshold_at_far(thresholds, fars, 1.0, interpolate=False) == 4.0
+    assert evals.threshold_at_far(thresholds, fars + 0.1, 0.05, interpolate=False) == 0.0
+
+
 def test_non_finite_embeddings_give_a_clear_error():
     embeddings = np.ones((4, 3))
     embeddings[1, 2] = np.nan
@@ -149,7 +159,8 @@ def write_tiny_bin(path, size=32, pairs=10, seed=0):
     return images, issame
 
 
-def test_eval_callback_embeds_prints_and_saves_best(tmp_path, monkeypatch, capsys):
+def test_eval_callback_embeds_prints_and_saves_best(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="evals")
     monkeypatch.chdir(tmp_path)
     images, issame = write_tiny_bin(tmp_path / "tiny.bin")
     model = tiny_model()
@@ -162,7 +173,7 @@ def test_eval_callback_embeds_prints_and_saves_best(tmp_path, monkeypatch, capsy
     metrics = evals.evaluate_embeddings(expected, issame)
     assert callback.cur_acc == callback.max_accuracy == pytest.approx(metrics["max_accuracy"])
     assert callback.steps == 3 and callback.tt.size == 5 and callback.ff.size == 5
-    out = capsys.readouterr().out
+    out = caplog.text
     assert ">>>> tiny evaluation max accuracy:" in out and "PCA accuray = " in out and ">>>> Improved" in out
     saved = os.listdir(tmp_path / "checkpoints")
     assert saved == [f"run_basic_tiny_epoch_1_{callback.max_accuracy:f}.h5"]
@@ -197,13 +208,22 @@ def test_failed_save_keeps_the_previous_best_and_leaves_no_temporary_file(tmp_pa
     keras.saving.load_model(tmp_path / "checkpoints" / first[0], compile=False)
 
 
-def test_eval_callback_skips_non_finite_embeddings(tmp_path, capsys):
+def test_eval_callback_saves_in_the_checkpoint_dir_given_at_construction(tmp_path):
+    write_tiny_bin(tmp_path / "tiny.bin")
+    callback = evals.eval_callback(tiny_model(), str(tmp_path / "tiny.bin"), batch_size=8, save_model="run",
+                                   checkpoint_dir=str(tmp_path / "best"))
+    assert callback.checkpoint_dir == str(tmp_path / "best")
+    callback.on_epoch_end(0)
+    assert os.listdir(tmp_path / "best") == [f"run_basic_tiny_epoch_1_{callback.max_accuracy:f}.h5"]
+
+
+def test_eval_callback_skips_non_finite_embeddings(tmp_path, caplog):
     write_tiny_bin(tmp_path / "tiny.bin")
     model = tiny_model()
     model.get_layer("embedding").kernel.assign(np.full((4, 8), np.nan, dtype=np.float32))
     callback = evals.eval_callback(model, str(tmp_path / "tiny.bin"), batch_size=8)
     callback.on_epoch_end(0)
-    assert "NAN or inf in embs" in capsys.readouterr().out
+    assert "NAN or inf in embs" in caplog.text
     assert callback.embs is None and callback.max_accuracy == 0.0
 
 
@@ -232,8 +252,9 @@ def test_cli_prints_a_table_per_bin(tmp_path, capsys):
 
 
 MIRRORED_SCRIPT = r"""
-import os, sys
+import logging, os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]

@@ -2,10 +2,9 @@
 
 import collections
 
-import keras
 import numpy as np
 import pytest
-from keras import layers
+from conftest import build_tiny_embedding_model
 
 import export
 import GhostFaceNets
@@ -20,9 +19,6 @@ def onnxruntime():
     for name in ("onnx", "tf2onnx"):
         pytest.importorskip(name, reason=f"ONNX export needs {name}: {EXTRAS}")
     return pytest.importorskip("onnxruntime", reason=f"ONNX parity checks need onnxruntime: {EXTRAS}")
-
-
-pytestmark = pytest.mark.slow  # each conversion of a GhostFaceNet takes 5-30 s on 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +45,7 @@ def v1_reference(v1, faces):
 
 def tiny_model(embedding_size):
     """A two-layer embedding model (pooling + dense): converts in about a second."""
-    inputs = keras.Input((112, 112, 3))
-    pooled = layers.Flatten()(layers.AveragePooling2D(8)(inputs))
-    return keras.Model(inputs, layers.Dense(embedding_size, name="embedding")(pooled), name="tiny")
+    return build_tiny_embedding_model(embedding_size=embedding_size, use_bias=True)
 
 
 def operator_counts(path):
@@ -60,6 +54,7 @@ def operator_counts(path):
     return collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
 
 
+@pytest.mark.slow  # conversions (or a GhostFaceNet build) take 5-30 s on 2 cores
 def test_onnx_v1_nchw_agrees_with_keras(onnxruntime, v1, v1_reference, faces, tmp_path):
     model, function = v1
     path = export.export_onnx(model, tmp_path / "v1.onnx", input_layout="NCHW", function=function)
@@ -75,6 +70,7 @@ def test_onnx_v1_nchw_agrees_with_keras(onnxruntime, v1, v1_reference, faces, tm
     assert inference.compare(from_file, inference.FaceEmbedder(model).embed(faces)).min() > 0.9999
 
 
+@pytest.mark.slow  # conversions (or a GhostFaceNet build) take 5-30 s on 2 cores
 def test_onnx_v2_with_odd_size_resizes_loads_and_agrees(onnxruntime, faces, tmp_path):
     import onnx
 
@@ -118,6 +114,7 @@ def test_resize_rewrite_on_a_hand_made_graph(onnxruntime):
     np.testing.assert_allclose(resized, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("quantization", "min_cosine", "size_ratio"),
                          [("float32", 0.9999, 1.0), ("float16", 0.999, 0.6), ("int8", 0.99, 0.35)])
 def test_tflite_v1_agrees_with_keras(v1, v1_reference, faces, tmp_path, quantization, min_cosine, size_ratio):
@@ -131,10 +128,11 @@ def test_tflite_v1_agrees_with_keras(v1, v1_reference, faces, tmp_path, quantiza
         assert report["relative_diff"] < 1e-4
         runner = inference.load_runner(path)
         assert runner.kind == "tflite" and runner.fixed_batch is None
-        single = runner(inference.normalize(faces[:1]))
+        single = runner(faces[:1])
         np.testing.assert_allclose(single, v1_reference[:1], rtol=1e-3, atol=1e-3 * np.abs(v1_reference).max())
 
 
+@pytest.mark.slow  # conversions (or a GhostFaceNet build) take 5-30 s on 2 cores
 def test_export_cli_on_a_saved_model(onnxruntime, tmp_path):
     model = tiny_model(32)
     model.save(tmp_path / "tiny.keras")
@@ -147,6 +145,7 @@ def test_export_cli_on_a_saved_model(onnxruntime, tmp_path):
         export.main(["-m", str(tmp_path / "tiny.keras")])
 
 
+@pytest.mark.slow  # conversions (or a GhostFaceNet build) take 5-30 s on 2 cores
 def test_bad_export_arguments(onnxruntime, v1, tmp_path):
     model, _ = v1
     with pytest.raises(ValueError, match="input_layout"):
@@ -155,6 +154,7 @@ def test_bad_export_arguments(onnxruntime, v1, tmp_path):
         export.export_tflite(model, tmp_path / "x.tflite", quantization="int4")
 
 
+@pytest.mark.slow  # conversions (or a GhostFaceNet build) take 5-30 s on 2 cores
 def test_fixed_batch_files_are_filled_by_padding(onnxruntime, tmp_path, faces):
     model = tiny_model(16)
     function = export.inference_function(model, batch_size=2)
@@ -174,3 +174,11 @@ def test_mixed_precision_models_are_exported_in_float32():
     assert {layer.compute_dtype for layer in converted.layers} == {"float32"}
     np.testing.assert_array_equal(converted.get_layer("embedding").get_weights()[0],
                                   model.get_layer("embedding").get_weights()[0])
+
+
+def test_sample_faces_are_seeded_uint8_images():
+    first = export.sample_faces(4, 64, seed=1)
+    assert first.shape == (4, 64, 64, 3) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, export.sample_faces(4, 64, seed=1))
+    assert not np.array_equal(first, export.sample_faces(4, 64, seed=2))
+    assert first.std() > 20  # not a flat image

@@ -1,5 +1,6 @@
 """IJB_evals.py: template pooling, N/D/F scenarios, pair scores, 1:N TPIR, ROC table, caches, alignment, CLI."""
 
+import logging
 import os
 
 import cv2
@@ -213,7 +214,8 @@ ONE_N_IMAGES = [  # template 4 looks like template 1 (subject 7), template 5 lik
 ]
 
 
-def test_run_model_test_1N_and_cli_with_label(tmp_path, capsys, monkeypatch):
+def test_run_model_test_1N_and_cli_with_label(tmp_path, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="IJB_evals")
     monkeypatch.chdir(tmp_path)
     write_layout(tmp_path / "data", ONE_N_IMAGES, [(1, 4, 1), (2, 5, 0)])
     write_1n_files(tmp_path / "data")
@@ -226,7 +228,7 @@ def test_run_model_test_1N_and_cli_with_label(tmp_path, capsys, monkeypatch):
     # 1 at every FAR. Gallery S2: probe 5 mated (only entry), probe 4 non-mated with score 0 < mate: TPIR 1.
     np.testing.assert_allclose(mean_tpirs, 1.0)
     assert len(g1_cmc) == 2 and len(g2_cmc) == 2
-    assert "[Mean] top1: 1.000000" in capsys.readouterr().out
+    assert "[Mean] top1: 1.000000" in caplog.text
 
     # The original's CLI crashed with -N -L (NameError); here it saves the result with the 1:1 labels.
     IJB_evals.main(["-d", str(tmp_path / "data"), "-s", "IJBB", "-R", str(tmp_path / "res.npz"), "-N", "-L",

@@ -6,6 +6,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
+from conftest import build_tiny_embedding_model
 from keras import layers
 
 import inference
@@ -14,15 +15,6 @@ from bin_files import save_bin
 
 POOL = 8
 EMBEDDING_SIZE = 128
-
-
-def tiny_model(size=112, seed=0):
-    """A fixed linear feature model: 8x8 average pooling -> flatten -> dense (no bias), named like ours."""
-    inputs = keras.Input((size, size, 3))
-    pooled = layers.Flatten()(layers.AveragePooling2D(POOL)(inputs))
-    outputs = layers.Dense(EMBEDDING_SIZE, use_bias=False, name="embedding",
-                           kernel_initializer=keras.initializers.RandomNormal(seed=seed))(pooled)
-    return keras.Model(inputs, outputs, name="tiny")
 
 
 def numpy_embedding(model, images, flip):
@@ -51,7 +43,7 @@ def face_images(identities, per_identity, seed=5, nuisance=0.3):
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model()
+    return build_tiny_embedding_model()
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +164,26 @@ def test_saved_keras_model_file_embeds_like_the_model(model, faces, tmp_path):
     model.save(path)
     from_file = inference.FaceEmbedder(path).embed(faces[0][:3])
     np.testing.assert_allclose(from_file, numpy_embedding(model, faces[0][:3], True), atol=2e-5)
+
+
+def test_face_embedder_opens_keras_files_and_explains_weights_only_ones(model, faces, tmp_path):
+    import GhostFaceNets
+
+    expected = numpy_embedding(model, faces[0][:3], False)
+    for name in ("tiny.keras", "tiny.h5"):
+        model.save(tmp_path / name)
+        embedded = inference.FaceEmbedder(tmp_path / name, flip=False).embed(faces[0][:3])
+        np.testing.assert_allclose(embedded, expected, atol=2e-5)
+    GhostFaceNets.save_weights_keras2(model, tmp_path / "weights_keras2.h5")
+    with pytest.raises(ValueError, match=r"weights-only file.*load_weights"):
+        inference.FaceEmbedder(tmp_path / "weights_keras2.h5")
+
+
+def test_face_embedder_opens_the_originals_whole_model_file(shared_dir):
+    stem = shared_dir / "fixtures" / "reference_models" / "v1_w1.3_s1_bias_seed1234"
+    golden = np.load(f"{stem}_golden.npz")
+    embedded = inference.FaceEmbedder(f"{stem}_keras2_model.h5", flip=False).embed(golden["images_uint8"])
+    assert inference.compare(embedded, golden["embeddings"]).min() > 0.99999
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -296,30 +308,30 @@ POSITIVES = [0.95, 0.8, 0.4]
 
 
 @pytest.mark.parametrize(("far", "expected"), [(0.2, 0.5), (0.39, 0.5), (0.4, 0.3), (0.8, -0.2), (1.0, -1.0)])
-def test_threshold_at_far_hand_computed(far, expected):
+def test_calibrate_threshold_hand_computed(far, expected):
     embeddings = pair_embeddings(NEGATIVES + POSITIVES)
     issame = [False] * 5 + [True] * 3
-    threshold = inference.threshold_at_far(embeddings, issame, far)
+    threshold = inference.calibrate_threshold(embeddings, issame, far)
     assert threshold == pytest.approx(expected, abs=1e-9)
     tar, reached = inference.verification_rates(inference.pair_cosines(embeddings), issame, threshold)
     assert reached <= far
     assert tar == pytest.approx(np.mean(np.array(POSITIVES) > threshold + 1e-12))
 
 
-def test_threshold_at_far_warns_when_the_set_is_too_small():
+def test_calibrate_threshold_warns_when_the_set_is_too_small():
     embeddings = pair_embeddings(NEGATIVES + POSITIVES)
     with pytest.warns(UserWarning, match="needs at least 10 different-person pairs"):
-        threshold = inference.threshold_at_far(embeddings, [False] * 5 + [True] * 3, 0.1)
+        threshold = inference.calibrate_threshold(embeddings, [False] * 5 + [True] * 3, 0.1)
     assert threshold == pytest.approx(0.9)
 
 
-def test_threshold_at_far_is_the_smallest_threshold_within_the_far():
+def test_calibrate_threshold_is_the_smallest_threshold_within_the_far():
     rng = np.random.default_rng(0)
     embeddings = rng.normal(size=(2 * 3000, 16))
     issame = rng.random(3000) < 0.5
     cosines = inference.pair_cosines(embeddings)
     for far in (1e-3, 1e-2, 0.1):
-        threshold = inference.threshold_at_far(embeddings, issame, far)
+        threshold = inference.calibrate_threshold(embeddings, issame, far)
         _, reached = inference.verification_rates(cosines, issame, threshold)
         negatives = np.sort(cosines[~issame])
         next_lower = negatives[negatives < threshold].max()
@@ -335,7 +347,7 @@ def test_far_threshold_table_columns():
     np.testing.assert_allclose(table["far"], [0.2, 0.4])
     np.testing.assert_allclose(table["tar"], [2 / 3, 1.0])
     with pytest.raises(ValueError, match="no different-person pairs"):
-        inference.threshold_at_far(embeddings[6:], [True] * 5, 0.1)
+        inference.calibrate_threshold(embeddings[6:], [True] * 5, 0.1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -381,7 +393,7 @@ def test_cli_verify_at_a_far_and_threshold_table(saved_model, embedder, faces, t
     embeddings = embedder.embed([images[i] for pair in zip(first, second, strict=True) for i in pair])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = inference.threshold_at_far(embeddings, labels[first] == labels[second], 0.1)
+        expected = inference.calibrate_threshold(embeddings, labels[first] == labels[second], 0.1)
     a, b = write_face(tmp_path / "a.png", images[0]), write_face(tmp_path / "b.png", images[4])
     result = inference.main(["verify", a, b, "-m", str(saved_model), "--far", "0.1", "--bin", str(bin_path)])
     assert result["threshold"] == pytest.approx(expected, abs=1e-5)

@@ -101,6 +101,16 @@ def test_center_loss_centres_round_trip_through_initial_file(tmp_path):
         losses.CenterLoss(C, D, initial_file=save_path)
 
 
+def test_save_numpy_callback_writes_a_complete_file_atomically(tmp_path):
+    centers = keras.Variable(np.arange(C * D, dtype="float32").reshape(C, D), trainable=False)
+    callback = losses.Save_Numpy_Callback(str(tmp_path / "model_centers.h5"), centers)
+    callback.on_epoch_end(0)
+    centers.assign(centers + 1)
+    callback.on_epoch_end(1)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model_centers.npy"]  # no temporary file left
+    np.testing.assert_array_equal(np.load(tmp_path / "model_centers.npy"), centers.numpy())
+
+
 def embedding_model(head_kwargs=None, with_center=False):
     inputs = keras.Input((10,))
     embedding = keras.layers.Dense(D, name="embedding")(inputs)

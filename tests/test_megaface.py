@@ -49,7 +49,7 @@ def channel_means(images):
     return images.reshape(len(images), -1, 3).mean(axis=1) + 1.0
 
 
-def test_generate_features_writes_normalised_embeddings(tmp_path, capsys):
+def test_generate_features_writes_normalised_embeddings(tmp_path, caplog):
     names = ["P1/a.png", "P1/b.png", "P2/c.png"]
     images = write_images(tmp_path / "fs", names, 112)
     write_images(tmp_path / "fs", ["P2/big.png"], 120, seed=1)
@@ -61,7 +61,7 @@ def test_generate_features_writes_normalised_embeddings(tmp_path, capsys):
         expected = images[name][:, :, ::-1].reshape(-1, 3).mean(axis=0) + 1.0
         feature = gen_megaface.read_feature(str(tmp_path / "out" / "facescrub" / f"{name}_t.bin"))
         np.testing.assert_allclose(feature, expected / np.linalg.norm(expected), rtol=1e-6)
-    assert "1 of 4 images were resized" in capsys.readouterr().out
+    assert "1 of 4 images were resized" in caplog.text
 
     (tmp_path / "bad_lst").write_text("P9/none.png\n")
     with pytest.raises(FileNotFoundError, match="none"):

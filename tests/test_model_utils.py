@@ -1,5 +1,6 @@
 """Heads, model rewriters, mixed precision and the MACs counter of GhostFaceNets.py, on small models."""
 
+import logging
 from pathlib import Path
 
 import keras
@@ -55,6 +56,16 @@ def test_replace_relu_with_a_named_activation():
     converted = GhostFaceNets.replace_ReLU_with_PReLU(small_model(), target_activation="swish")
     assert "stem_swish" in [layer.name for layer in converted.layers]
     assert converted.get_layer("stem_swish").activation is keras.activations.swish
+
+
+def test_replace_relu_with_prelu_logs_one_summary_line(caplog, capsys):
+    model = small_model()
+    with caplog.at_level(logging.INFO, logger="GhostFaceNets"):
+        GhostFaceNets.replace_ReLU_with_PReLU(model)
+    records = [record for record in caplog.records if record.name == "GhostFaceNets"]
+    assert len(records) == 1
+    assert "41 ReLU layers" in records[0].getMessage() and "prelu" in records[0].getMessage()
+    assert capsys.readouterr().out == ""
 
 
 def test_l2_regularizer_keeps_weights_and_penalises_the_right_kernels(images):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import atomic_io
 import myCallbacks
 import plot
 
@@ -74,7 +75,7 @@ def test_plot_history_overlays_runs_and_panels(tmp_path):
 def test_plot_history_reads_a_my_history_file(tmp_path):
     history = myCallbacks.My_history(str(tmp_path / "X_hist.json"))
     history.history = {"lr": [0.1, 0.05], "loss": [2.0, 1.0], "accuracy": [0.2, 0.4]}
-    myCallbacks.write_json_atomic(history.initial_file, history.history)
+    atomic_io.write_json_atomic(history.initial_file, history.history)
     figure = plot.plot_history(history.initial_file, save_path=tmp_path / "h.png")
     assert_png(tmp_path / "h.png")
     np.testing.assert_array_equal(lines_by_label(figure.axes[2])["X"].get_ydata(), [0.1, 0.05])

@@ -128,3 +128,102 @@ def test_reader_without_idx_scans_sequentially(tmp_path):
     with RecordIOReader(rec_path) as reader:
         assert reader.keys == [0, 1, 2]
         assert unpack(reader.read(2))[1] == fake_jpeg(2)
+
+
+def converted_files(save_dir):
+    """`{"<class>/<file>": bytes}` of a conversion's output folder."""
+    return {
+        os.path.relpath(os.path.join(root, name), save_dir): (Path(root) / name).read_bytes()
+        for root, _, names in os.walk(save_dir)
+        for name in names
+    }
+
+
+def test_truncated_rec_with_idx_entries_past_its_end_converts_the_rest(tmp_path, caplog):
+    images = [(float(index % 2), fake_jpeg(index, size=200)) for index in range(6)]
+    rec_path, idx_path = write_insightface_rec(tmp_path, images)
+    offsets = read_idx(idx_path)
+    with open(rec_path, "r+b") as rec:
+        rec.truncate(offsets[5] + 10)  # record 5 cut short, record 6 wholly beyond the end
+    with pytest.warns(UserWarning) as caught:
+        save_dir, written, existing, unreadable = prepare_data.MXnet_record_to_folder(str(tmp_path),
+                                                                                      str(tmp_path / "out"))
+    assert (written, existing, unreadable) == (4, 0, 2)
+    messages = [str(warning.message) for warning in caught]
+    assert any(f"key 5: {rec_path}: truncated record at offset {offsets[5]}" in message for message in messages)
+    assert any(f"key 6: {idx_path}: key 6 points to offset {offsets[6]}, beyond the end" in message
+               for message in messages)
+    assert f"{rec_path} -> {save_dir}: 4 written, 0 already present, 2 unreadable records skipped" in caplog.text
+    assert sorted(converted_files(save_dir)) == ["0/1.jpg", "0/3.jpg", "1/2.jpg", "1/4.jpg"]
+    assert not any(name.startswith(".") for name in os.listdir(save_dir))
+
+
+def test_idx_entry_past_the_end_is_skipped_not_fatal(tmp_path):
+    images = [(0.0, fake_jpeg(1)), (1.0, fake_jpeg(2)), (1.0, fake_jpeg(3))]
+    rec_path, idx_path = write_insightface_rec(tmp_path, images)
+    offsets = read_idx(idx_path)
+    offsets[2] = os.path.getsize(rec_path) + 1000
+    with open(idx_path, "w") as idx:
+        idx.writelines(f"{key}\t{offset}\n" for key, offset in offsets.items())
+    with pytest.raises(RecordIOError, match=r"train\.idx: key 2 points to offset \d+, beyond the end"):
+        RecordIOReader(rec_path)  # the reader alone stays strict by default
+    with RecordIOReader(rec_path, strict=False) as reader, pytest.raises(RecordIOError, match="beyond the end"):
+        reader.read(2)
+    with pytest.warns(UserWarning, match=r"key 2: .*train\.idx: key 2 points to offset"):
+        _, written, _, unreadable = prepare_data.MXnet_record_to_folder(str(tmp_path), str(tmp_path / "out"))
+    assert (written, unreadable) == (2, 1)
+
+
+def test_rec_without_idx_truncated_in_the_middle_converts_what_precedes(tmp_path, caplog):
+    images = [(0.0, fake_jpeg(index, size=100)) for index in range(4)]
+    rec_path, idx_path = write_insightface_rec(tmp_path, images)
+    cut = read_idx(idx_path)[3] + 20
+    os.remove(idx_path)
+    with open(rec_path, "r+b") as rec:
+        rec.truncate(cut)
+    with pytest.raises(RecordIOError, match="truncated record"):
+        RecordIOReader(rec_path)
+    with pytest.warns(UserWarning, match=r"key 3: .*truncated record"):
+        _, written, _, unreadable = prepare_data.MXnet_record_to_folder(str(tmp_path), str(tmp_path / "out"))
+    assert (written, unreadable) == (2, 1)
+    assert "records after it cannot be found without an .idx" in caplog.text
+
+
+def test_nan_negative_and_fractional_labels_are_skipped_with_their_key(tmp_path):
+    images = [(0.0, fake_jpeg(1)), (float("nan"), fake_jpeg(2)), (-3.0, fake_jpeg(3)), (2.5, fake_jpeg(4)),
+              (1.0, fake_jpeg(5)), ([float("nan"), 1.0], fake_jpeg(6))]
+    write_insightface_rec(tmp_path, images)
+    with pytest.warns(UserWarning) as caught:
+        save_dir, written, _, unreadable = prepare_data.MXnet_record_to_folder(str(tmp_path), str(tmp_path / "out"))
+    assert (written, unreadable) == (2, 4)
+    messages = "\n".join(str(warning.message) for warning in caught)
+    for key, label in [(2, "nan"), (3, "-3.0"), (4, "2.5"), (6, "nan")]:
+        assert f"train.rec key {key}: label {label} is not a non-negative integer class index" in messages
+    assert sorted(os.listdir(save_dir)) == ["0", "1"]
+
+
+def test_a_fully_unreadable_rec_is_an_error_naming_it(tmp_path):
+    rec_path, idx_path = write_insightface_rec(tmp_path, [(0.0, fake_jpeg(1)), (1.0, fake_jpeg(2))])
+    content = bytearray(Path(rec_path).read_bytes())
+    offsets = read_idx(idx_path)
+    for key in (1, 2):
+        content[offsets[key]:offsets[key] + 4] = b"JUNK"  # the header record 0 stays readable
+    Path(rec_path).write_bytes(bytes(content))
+    with pytest.warns(UserWarning), pytest.raises(RecordIOError, match=r"train\.rec: none of its 2 image records"):
+        prepare_data.MXnet_record_to_folder(str(tmp_path), str(tmp_path / "out"))
+    Path(rec_path).write_bytes(b"\0" * 64)
+    with pytest.raises(RecordIOError, match=r"train\.rec: no RecordIO magic word at offset 0"):
+        prepare_data.MXnet_record_to_folder(str(tmp_path), str(tmp_path / "out"))
+
+
+def test_many_bad_records_list_the_first_ones_and_count_all(tmp_path, caplog):
+    count = prepare_data.MAX_LISTED_RECORDS + 5
+    images = [(-1.0, fake_jpeg(index)) for index in range(count)] + [(0.0, fake_jpeg(99))]
+    write_insightface_rec(tmp_path, images)
+    with pytest.warns(UserWarning) as caught:
+        _, written, _, unreadable = prepare_data.MXnet_record_to_folder(str(tmp_path), str(tmp_path / "out"))
+    assert (written, unreadable) == (1, count)
+    messages = [str(warning.message) for warning in caught]
+    assert sum("is not a non-negative integer" in message for message in messages) == prepare_data.MAX_LISTED_RECORDS
+    assert any("the others are only counted" in message for message in messages)
+    assert f"{count} unreadable records skipped" in caplog.text

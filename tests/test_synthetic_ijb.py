@@ -1,6 +1,7 @@
 """synthetic_faces.build_ijb_layout: a synthetic IJB-B / IJB-C layout that IJB_evals reads and evaluates 1:1 and 1:N."""
 
 import hashlib
+import logging
 import os
 
 import numpy as np
@@ -129,16 +130,17 @@ def test_meta_files_parse_with_the_readers_and_are_consistent(layout):
         assert all(subjects[int(t)] == int(s) for t, s in zip(templates, ids, strict=True))
 
 
-def test_ijb_test_end_to_end_with_an_oracle_and_a_cheap_model(layout, capsys):
+def test_ijb_test_end_to_end_with_an_oracle_and_a_cheap_model(layout, caplog):
+    caplog.set_level(logging.INFO, logger="IJB_evals")
     root, meta, cache = layout
     oracle = IJB_evals.IJB_test(OracleModel(meta), root, "IJBB", batch_size=50, cache_dir=cache)
     scores = oracle.run_model_test_single()
     np.testing.assert_allclose(scores, oracle.label.astype(np.float64), atol=1e-12)  # genuine 1, impostor 0
     _, _, auc, tars = IJB_evals.tpr_at_far_points(oracle.label, scores)
     assert auc == 1.0 and tars == [1.0] * len(IJB_evals.FAR_POINTS)
-    capsys.readouterr()
+    caplog.clear()
     fars, mean_tpirs, g1_cmc, g2_cmc = oracle.run_model_test_1N(npoints=4)
-    assert "[Mean] top1: 1.000000" in capsys.readouterr().out
+    assert "[Mean] top1: 1.000000" in caplog.text
     np.testing.assert_array_equal(mean_tpirs, np.ones(len(fars)))
     mated = [(others, mate) for others, mate in g1_cmc + g2_cmc if mate is not None]
     assert len(mated) == 24 and all(others.shape == (5,) for others, _ in mated)  # each mated in a 6-subject gallery

@@ -22,8 +22,10 @@ import tensorflow as tf
 
 import GhostFaceNets
 import losses
+import schedule
 import synthetic_faces
 import train
+import training_heads
 from heads import NormDense
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +156,7 @@ def cosine_cross_entropy(y_true, y_pred):
 
 def test_type_key_overrides_the_inferred_head(tmp_path, data_dirs):
     """`type: arcface` gives a NormDense head to a loss that would otherwise get the softmax head."""
-    assert train.loss_type_of(cosine_cross_entropy) == "softmax"
+    assert schedule.loss_type_of(cosine_cross_entropy) == "softmax"
     tt = make_train(tmp_path, data_dirs[0], tiny_basic_model())
     tt.train([{"loss": cosine_cross_entropy, "type": "arcface", "epoch": 1, "optimizer": sgd()}])
     assert tt.model.output_names == ["arcface"] and isinstance(tt.model.layers[-1], NormDense)
@@ -217,7 +219,7 @@ def test_triplet_uses_class_grouped_batches_and_alpha(tmp_path, data_dirs):
     keras.utils.set_random_seed(0)
     tt = make_train(tmp_path, data_dirs[0], tiny_basic_model())
     tt.train([{"loss": losses.BatchHardTripletLoss(alpha=0.3), "epoch": 1, "optimizer": sgd(0.01)}])
-    assert tt.model.output_names == ["triplet_embedding"] and not train.head_layers_of(tt.model)
+    assert tt.model.output_names == ["triplet_embedding"] and not training_heads.head_layers_of(tt.model)
     images, labels = next(iter(tt.train_ds))
     counts = np.bincount(np.argmax(labels, -1), minlength=CLASSES)
     assert sorted(counts[counts > 0]) == [4, 4, 4, 4] and images.shape == (BATCH, 32, 32, 3)
@@ -590,6 +592,33 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, da
     assert all(np.isfinite(weight).all() for weight in latest.get_weights())
     assert_weights_equal(weights_of(latest), weights_of(epoch1), rtol=0, atol=0)
     assert int(latest.optimizer.iterations) == STEPS_PER_EPOCH
+
+
+def test_command_line_exit_status_says_whether_training_failed(tmp_path, data_dirs, monkeypatch, capsys):
+    """`python train.py` (`train.command_line`) returns 1 when a NaN loss stopped training, 0 after a good run;
+    `main` returns the accuracies either way. An accuracy that is missing or NaN is a failure too."""
+    monkeypatch.setattr(train, "build_basic_model", lambda args: tiny_basic_model())
+    monkeypatch.setattr(train, "build_schedule", lambda args: [
+        {"loss": PoisonedArcface(scale=16), "epoch": args.epochs, "optimizer": sgd()}
+    ])
+    argv = ["--data_path", data_dirs[0], "--eval_paths", data_dirs[2], "--epochs", "1", "--batch_size", str(BATCH),
+            "--input_size", "32", "--random_status", "-1"]
+    POISON.assign(float("nan"))
+    try:
+        assert train.command_line([*argv, "--checkpoint_dir", str(tmp_path / "nan"), "--save_path", "n.h5"]) == 1
+    finally:
+        POISON.assign(0.0)
+    assert "Training failed: a NaN loss stopped training" in capsys.readouterr().out
+    assert train.command_line([*argv, "--checkpoint_dir", str(tmp_path / "good"), "--save_path", "g.h5"]) == 0
+    before, after = train.main([*argv, "--checkpoint_dir", str(tmp_path / "main"), "--save_path", "m.h5"])
+    assert list(before) == list(after) == ["val"] and 0 <= after["val"] <= 1
+
+    class Finished:
+        nan_guard = None
+
+    assert train.training_failure(Finished(), {"val": 0.9}, [data_dirs[2]]) is None
+    assert "not computed for ['val']" in train.training_failure(Finished(), {"val": float("nan")}, [data_dirs[2]])
+    assert "not computed" in train.training_failure(Finished(), {}, [data_dirs[2]])
 
 
 def test_mixed_precision_keeps_heads_and_losses_float32(tmp_path, data_dirs):

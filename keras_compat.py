@@ -1,0 +1,112 @@
+"""Every private Keras / TensorFlow access of the project, in one place: each function names the Keras version it
+was checked on; tests/test_keras_compat.py fails loudly when an upgrade removes one."""
+
+import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its import)
+
+# isort: split
+import contextlib
+import functools
+
+import tensorflow as tf
+
+CHECKED_KERAS_VERSION = "3.15.1"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models, heads, losses and runtime settings (GhostFaceNets.py, heads.py, groupface.py, runtime_setup.py)
+# ----------------------------------------------------------------------------------------------------------------
+def all_sublayers(layer):
+    """Every layer inside `layer` (a model or layer), nested ones included, `layer` itself excluded, each once.
+
+    Checked on Keras 3.15.1: `Layer._flatten_layers(include_self, recursive)`, which also reaches layers held by
+    other layers (where a model's public `layers` stops at its top level).
+    """
+    return list(layer._flatten_layers(include_self=False, recursive=True))
+
+
+def set_variable_regularizer(variable, regularizer):
+    """Make `regularizer` (a callable weight -> scalar loss) count in the owning layer's `losses`, in place.
+
+    Checked on Keras 3.15.1: `Layer.losses` adds `variable.regularizer(variable)` for every trainable variable whose
+    (undocumented) `regularizer` attribute is set, the attribute `add_weight(regularizer=...)` writes.
+    """
+    variable.regularizer = regularizer
+
+
+class EagerReadableLosses:
+    """Layer mixin: `model.losses` read eagerly skips the graph tensors `add_loss` left behind inside a `tf.function`.
+
+    A call traced inside a `tf.function` (every `fit` step) leaves a graph tensor in the layer's own losses; it
+    cannot be read once the step has run, so an eager read (as `myCallbacks.My_history` does at each epoch end)
+    would raise. Put it before the Keras layer class in the bases: `class GroupFace(EagerReadableLosses, Layer)`.
+
+    Checked on Keras 3.15.1: `Layer._get_own_losses()`, which `Layer.losses` calls on the layer and its sublayers.
+    """
+
+    def _get_own_losses(self):
+        own = super()._get_own_losses()
+        if tf.executing_eagerly():
+            return [loss for loss in own if not tf.is_symbolic_tensor(loss)]
+        return own
+
+
+def onednn_enabled():
+    """Whether this process runs TensorFlow's oneDNN (MKL) CPU kernels.
+
+    Checked on Keras 3.15.1 with TensorFlow 2.21: `tensorflow.python.util._pywrap_util_port.IsMklEnabled()`.
+    """
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training (train.py)
+# ----------------------------------------------------------------------------------------------------------------
+def optimizer_tracks(optimizer, variables):
+    """Whether the built `optimizer` already has state (slots) for every variable of `variables`.
+
+    Checked on Keras 3.15.1: `Optimizer._trainable_variables` (the variables `build` was given) and
+    `Optimizer._var_key(variable)` (the key its slots are stored under).
+    """
+    built_for = {optimizer._var_key(variable) for variable in optimizer._trainable_variables}
+    return {optimizer._var_key(variable) for variable in variables} <= built_for
+
+
+def symbolic_build(model, data_batch):
+    """Create a compiled model's optimizer slots and loss / metric state from `data_batch` (a structure of
+    `tf.TensorSpec`, e.g. `dataset.element_spec`), as `fit` does under a distribution strategy.
+
+    Checked on Keras 3.15.1: `Trainer._symbolic_build(iterator=None, data_batch=None)`.
+    """
+    model._symbolic_build(data_batch=data_batch)
+
+
+def mean_over_replicas(values, strategy, reduction="auto", keras_reduce=None):
+    """`keras_reduce` (Keras' `reduce_per_replica`) for the per-step logs, except that "auto" averages every value
+    over all replicas (`strategy.reduce("MEAN", value, axis=None)`), which also works for scalars."""
+    if reduction != "auto":
+        return keras_reduce(values, strategy, reduction)
+    return tf.nest.map_structure(lambda value: strategy.reduce("MEAN", value, axis=None), values)
+
+
+@contextlib.contextmanager
+def multi_worker_fit_patches(model):
+    """Make one `model.fit` work under a multi-worker strategy, where Keras 3.15 fails twice (keras-team/keras#20585,
+    tensorflow/tensorflow#72388): the per-step logs are averaged by `mean_over_replicas` (Keras' `reduce(MEAN,
+    axis=0)` raises on scalars), and the pre-build that all-reduces a whole input batch is skipped (build the
+    model with `symbolic_build` before). Both are restored on exit.
+
+    Checked on Keras 3.15.1: `keras.src.backend.tensorflow.trainer.reduce_per_replica(values, strategy,
+    reduction)` and `Trainer._maybe_symbolic_build(iterator=None, data_batch=None)`.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    keras_reduce = tf_trainer.reduce_per_replica
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    tf_trainer.reduce_per_replica = functools.partial(mean_over_replicas, keras_reduce=keras_reduce)
+    try:
+        yield
+    finally:
+        tf_trainer.reduce_per_replica = keras_reduce
+        del model._maybe_symbolic_build

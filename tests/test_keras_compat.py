@@ -1,0 +1,113 @@
+"""keras_compat: every private Keras / TensorFlow access the project relies on still exists and still works.
+
+Each test names the keras_compat function to port when a Keras or TensorFlow upgrade removes what it uses."""
+
+import importlib
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_compat
+
+
+def require_attribute(owner, name, compat_function):
+    """Fail with a message naming the missing private attribute and the keras_compat function to port."""
+    assert hasattr(owner, name), (
+        f"Keras {keras.__version__} no longer has {getattr(owner, '__name__', owner)}.{name} (checked on Keras "
+        f"{keras_compat.CHECKED_KERAS_VERSION}): port keras_compat.{compat_function}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models, heads, losses and runtime settings
+# ----------------------------------------------------------------------------------------------------------------
+def test_all_sublayers_reaches_nested_layers():
+    require_attribute(keras.layers.Layer, "_flatten_layers", "all_sublayers")
+    inner = keras.Sequential([keras.layers.Dense(3, name="inner_dense")], name="inner")
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1, name="outer_dense")(inner(inputs)))
+    names = [layer.name for layer in keras_compat.all_sublayers(model)]
+    assert "inner_dense" in names and "outer_dense" in names and model.name not in names, (
+        f"keras_compat.all_sublayers no longer lists nested layers on Keras {keras.__version__}: {names}"
+    )
+
+
+def test_set_variable_regularizer_counts_in_layer_losses():
+    layer = keras.layers.Dense(2, use_bias=False, kernel_initializer="ones")
+    layer.build((None, 3))
+    keras_compat.set_variable_regularizer(layer.kernel, keras.regularizers.L2(0.5))
+    assert len(layer.losses) == 1, (
+        f"Keras {keras.__version__} ignores variable.regularizer: port keras_compat.set_variable_regularizer"
+    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.losses[0]), 0.5 * 6, rtol=1e-6)
+
+
+class AddsLoss(keras_compat.EagerReadableLosses, keras.layers.Layer):
+    def call(self, inputs):
+        self.add_loss(keras.ops.mean(inputs))
+        return inputs
+
+
+def test_eager_readable_losses_skips_losses_left_by_a_traced_step():
+    require_attribute(keras.layers.Layer, "_get_own_losses", "EagerReadableLosses")
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(AddsLoss()(inputs)))
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.ones((4, 2)), np.ones((4, 1)), batch_size=2, epochs=1, verbose=0)
+    assert all(not tf.is_symbolic_tensor(loss) for loss in model.losses), (
+        f"keras_compat.EagerReadableLosses no longer filters graph losses on Keras {keras.__version__}"
+    )
+
+
+def test_onednn_enabled_reads_tensorflow_build_flags():
+    try:
+        module = importlib.import_module("tensorflow.python.util._pywrap_util_port")
+    except ImportError as error:
+        pytest.fail(f"TensorFlow moved _pywrap_util_port ({error}): port keras_compat.onednn_enabled")
+    require_attribute(module, "IsMklEnabled", "onednn_enabled")
+    assert isinstance(keras_compat.onednn_enabled(), bool)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
+def test_optimizer_tracks_the_variables_it_was_built_for():
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    require_attribute(optimizer, "_var_key", "optimizer_tracks")
+    first, second = keras.Variable(np.ones(2)), keras.Variable(np.ones(3))
+    optimizer.build([first])
+    require_attribute(optimizer, "_trainable_variables", "optimizer_tracks")
+    assert keras_compat.optimizer_tracks(optimizer, [first]), (
+        f"keras_compat.optimizer_tracks misses a built variable on Keras {keras.__version__}"
+    )
+    assert not keras_compat.optimizer_tracks(optimizer, [first, second])
+
+
+def test_symbolic_build_creates_the_optimizer_slots_before_fit():
+    require_attribute(keras.Model, "_symbolic_build", "symbolic_build")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse", metrics=["mae"])
+    dataset = tf.data.Dataset.from_tensor_slices((np.ones((4, 4)), np.ones((4, 2)))).batch(2)
+    keras_compat.symbolic_build(model, dataset.element_spec)
+    assert model.optimizer.built and len(model.optimizer.momentums) == 2, (
+        f"keras_compat.symbolic_build no longer builds the optimizer on Keras {keras.__version__}"
+    )
+
+
+def test_multi_worker_fit_patches_replace_and_restore_keras_functions():
+    try:
+        tf_trainer = importlib.import_module("keras.src.backend.tensorflow.trainer")
+    except ImportError as error:
+        pytest.fail(f"Keras {keras.__version__} moved its TensorFlow trainer ({error}): port "
+                    "keras_compat.multi_worker_fit_patches")
+    require_attribute(tf_trainer, "reduce_per_replica", "multi_worker_fit_patches")
+    require_attribute(keras.Model, "_maybe_symbolic_build", "multi_worker_fit_patches")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    keras_reduce = tf_trainer.reduce_per_replica
+    with keras_compat.multi_worker_fit_patches(model):
+        assert tf_trainer.reduce_per_replica is not keras_reduce and model._maybe_symbolic_build() is None
+        logs = tf_trainer.reduce_per_replica({"loss": tf.constant(2.0)}, tf.distribute.get_strategy())
+        assert float(logs["loss"]) == 2.0
+    assert tf_trainer.reduce_per_replica is keras_reduce and "_maybe_symbolic_build" not in vars(model)

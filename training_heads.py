@@ -1,0 +1,109 @@
+"""The outputs `train.Train` puts on a basic (embedding) model: the output head of a stage, described by a small
+`HeadSpec` (compared between stages to decide whether the head is kept or rebuilt), its Keras layers and weight
+decay, and the named embedding outputs of attached embedding losses."""
+
+import dataclasses
+
+import keras
+
+import GhostFaceNets
+from heads import NormDense, NormDenseVPL
+
+HEAD_LAYER_NAMES = ("arcface", "softmax_logits", "softmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """An output head: `kind` "softmax" (Dense + softmax) or "arcface" (NormDense, or NormDenseVPL when
+    `vpl_batch_size` > 0) over `classes` classes; `loss_top_k` sub-centres, `append_norm` (the embedding-norm column
+    of MagFace / AdaFace) and `partial_fc_split` apply to the arcface kind only. Two stages with equal specs share
+    one head."""
+
+    kind: str
+    classes: int
+    loss_top_k: int = 1
+    append_norm: bool = False
+    partial_fc_split: int = 0
+    vpl_batch_size: int = 0
+
+    @classmethod
+    def for_stage(cls, kind, classes, loss_top_k=1, append_norm=False, partial_fc_split=0, vpl_batch_size=0):
+        """The head a stage of main-output `kind` needs (None when the kind trains the embedding itself)."""
+        if kind == "softmax":
+            return cls("softmax", classes)
+        if kind == "arcface":
+            return cls("arcface", classes, loss_top_k, append_norm, partial_fc_split, vpl_batch_size)
+        return None
+
+
+def first_l2_factor(model):
+    """The `l2` factor of the first kernel L2 regulariser in `model` (0 when it has none)."""
+    for layer in GhostFaceNets.iterate_layers(model):
+        regularizer = getattr(layer, "kernel_regularizer", None) or getattr(layer, "depthwise_regularizer", None)
+        if isinstance(regularizer, keras.regularizers.L2):
+            return float(regularizer.l2)
+    return 0.0
+
+
+def head_regularizer(output_weight_decay, basic_model):
+    """The head's kernel regulariser from `output_weight_decay`: 0 none; in (0, 1) `L2(v/2)`; >= 1 `L2(v·l2)`
+    with `l2` the basic model's first kernel L2 factor (so `add_l2_regularizer_2_model(m, 5e-4)` and 1 give
+    `L2(2.5e-4)`, the same weight decay as the backbone)."""
+    value = output_weight_decay if output_weight_decay < 1 else output_weight_decay * 2 * first_l2_factor(basic_model)
+    return keras.regularizers.L2(value / 2) if value > 0 else None
+
+
+def make_head_layers(spec, regularizer, vpl_options):
+    """Keras layers of the head `spec`: softmax → Dense `softmax_logits` + softmax, arcface → NormDense(VPL)
+    `arcface` (`vpl_options`: NormDenseVPL's `start_iters` and `allowed_delta`)."""
+    if spec.kind == "softmax":
+        logits = keras.layers.Dense(
+            spec.classes, use_bias=False, kernel_regularizer=regularizer, name="softmax_logits", dtype="float32"
+        )
+        return [logits, keras.layers.Activation("softmax", dtype="float32", name="softmax")]
+    if spec.vpl_batch_size:
+        return [NormDenseVPL(spec.vpl_batch_size, spec.classes, regularizer, name="arcface", **vpl_options)]
+    return [NormDense(spec.classes, regularizer, spec.loss_top_k, spec.append_norm, spec.partial_fc_split,
+                      name="arcface")]
+
+
+def copy_matching_weights(old_layers, new_layers):
+    """Copy weights from an old head into a new one layer by layer where every shape matches."""
+    for old, new in zip(old_layers, new_layers, strict=False):
+        old_weights, new_weights = old.get_weights(), new.get_weights()
+        if [w.shape for w in old_weights] == [w.shape for w in new_weights]:
+            new.set_weights(old_weights)
+
+
+def head_layers_of(model):
+    """The output-head layers of a training model (NormDense `arcface`, or `softmax_logits` + `softmax`)."""
+    return [layer for layer in model.layers if layer.name in HEAD_LAYER_NAMES]
+
+
+def head_spec_of(model):
+    """The `HeadSpec` of a loaded training model's head (None when it has none)."""
+    for layer in head_layers_of(model):
+        if isinstance(layer, NormDense):
+            vpl = layer.batch_size if isinstance(layer, NormDenseVPL) else 0
+            return HeadSpec("arcface", layer.units, layer.loss_top_k, layer.append_norm, layer.partial_fc_split, vpl)
+        if layer.name == "softmax_logits":
+            return HeadSpec("softmax", layer.units)
+    return None
+
+
+def apply_layers(layers, tensor):
+    """`tensor` through `layers` in order."""
+    for layer in layers:
+        tensor = layer(tensor)
+    return tensor
+
+
+def embedding_output(basic_model, kind, teacher_emb_size=None):
+    """The basic model's embedding as a named float32 output `<kind>_embedding` (through a Dense `distill_map` for
+    `kind` "distill" when the teacher's embeddings, `teacher_emb_size` wide, are wider or narrower)."""
+    embedding = basic_model.outputs[0]
+    if kind == "distill" and teacher_emb_size not in (None, int(basic_model.output_shape[-1])):
+        embedding = keras.layers.Dense(teacher_emb_size, use_bias=False, name="distill_map", dtype="float32")(
+            embedding
+        )
+    return keras.layers.Activation("linear", dtype="float32", name=f"{kind}_embedding")(embedding)
