@@ -110,3 +110,19 @@ def multi_worker_fit_patches(model):
     finally:
         tf_trainer.reduce_per_replica = keras_reduce
         del model._maybe_symbolic_build
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model files
+# ----------------------------------------------------------------------------------------------------------------
+# tf-keras class paths in a .keras archive's config.json, and the Keras 3 modules that hold those classes
+# (checked on Keras 3.15.1: the `module` field of a Keras 3 config names these private modules).
+TF_KERAS_MODULES = {"tf_keras.src.engine.functional": "keras.src.models.functional",
+                    "tf_keras.src.engine.sequential": "keras.src.models.sequential",
+                    "tf_keras.src.engine.training": "keras.src.models.model"}
+
+
+def keras3_module_of_tf_keras(module):
+    """The Keras 3 module name for a tf-keras `module` of a saved config (`tf_keras.src.engine.functional` →
+    `keras.src.models.functional`; other `tf_keras.src.X` → `keras.X`). Checked on Keras 3.15.1."""
+    return TF_KERAS_MODULES.get(module, "keras" + module[len("tf_keras"):].replace(".src", "", 1))

@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from atomic_io import atomic_path
+from keras_compat import keras3_module_of_tf_keras
 
 HEAD_CONV_NAMES = {"GDC_conv", "pw_conv"}
 MAX_WIDTH_CANDIDATES = 3
@@ -37,10 +38,6 @@ HEAD_LAYER_NAMES = {"GDC_dw": "GDC", "E_dense": "E", "GAP_dense": "GAP", "GNAP_d
 KERAS2_LAYOUT_VERSION = "2.21.0"
 # Layers the original GhostFaceNets builders name explicitly (the embedding heads); a V1 backbone's are automatic.
 ORIGINAL_NAMED_PREFIXES = ("GDC_", "E_", "GAP_", "GNAP_", "pw_", "pre_embedding", "embedding")
-# tf-keras class paths in a .keras archive's config.json, and the Keras 3 modules that hold those classes.
-TF_KERAS_MODULES = {"tf_keras.src.engine.functional": "keras.src.models.functional",
-                    "tf_keras.src.engine.sequential": "keras.src.models.sequential",
-                    "tf_keras.src.engine.training": "keras.src.models.model"}
 # Variables Keras 3 names differently from tf-keras: (layer class, Keras 3 name) → tf-keras name.
 KERAS2_VARIABLE_NAMES = {("DepthwiseConv2D", "kernel"): "depthwise_kernel"}
 # Keras 3's serialisation of backbones.hard_sigmoid_keras2 (registered when backbones is imported).
@@ -381,7 +378,7 @@ def keras3_config(config):
     converted = {key: keras3_config(value) for key, value in config.items()}
     module = converted.get("module")
     if isinstance(module, str) and module.startswith("tf_keras"):
-        converted["module"] = TF_KERAS_MODULES.get(module, "keras" + module[len("tf_keras"):].replace(".src", "", 1))
+        converted["module"] = keras3_module_of_tf_keras(module)
     if converted.get("activation") == "hard_sigmoid":
         converted["activation"] = KERAS2_HARD_SIGMOID
     return converted

@@ -111,3 +111,14 @@ def test_multi_worker_fit_patches_replace_and_restore_keras_functions():
         logs = tf_trainer.reduce_per_replica({"loss": tf.constant(2.0)}, tf.distribute.get_strategy())
         assert float(logs["loss"]) == 2.0
     assert tf_trainer.reduce_per_replica is keras_reduce and "_maybe_symbolic_build" not in vars(model)
+
+
+def test_tf_keras_class_paths_map_to_keras3_modules_that_hold_the_classes():
+    for tf_keras_module, keras_module in keras_compat.TF_KERAS_MODULES.items():
+        class_name = {"functional": "Functional", "sequential": "Sequential", "training": "Model"}[
+            tf_keras_module.rsplit(".", 1)[1]]
+        module = importlib.import_module(keras_compat.keras3_module_of_tf_keras(tf_keras_module))
+        assert module.__name__ == keras_module
+        assert hasattr(module, class_name), (
+            f"Keras {keras.__version__} moved {class_name} out of {keras_module}: port keras_compat.TF_KERAS_MODULES")
+    assert keras_compat.keras3_module_of_tf_keras("tf_keras.src.layers") == "keras.layers"
