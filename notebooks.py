@@ -19,6 +19,8 @@ import time
 import nbformat
 from nbclient import NotebookClient
 
+from atomic_io import write_text_atomic
+
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 NOTEBOOKS = ("training_scripts.ipynb", "evaluation.ipynb")
 CELL_TIMEOUT_S = 900
@@ -58,7 +60,7 @@ def execute_notebook(path, workdir, save=False, timeout=CELL_TIMEOUT_S):
     client.execute()
     seconds = time.perf_counter() - start
     if save:
-        nbformat.write(notebook, path)
+        write_text_atomic(path, nbformat.writes(notebook))
     return seconds
 
 
