@@ -12,9 +12,9 @@ and returns the `GhostFaceNets.buildin_models` arguments that rebuild the same n
 
 The other way round, `write_keras2_weights` writes the layout tf-keras writes for ``save_weights("x.h5")``,
 with the layer names the original's builders give (`keras2_layer_names`), so the original code on tf-keras
-loads it with ``model.load_weights(path)``. ``.keras`` archives saved by tf-keras (class paths
-``tf_keras.src.engine.functional``) are opened through `keras3_archive`, which maps their class paths to
-Keras 3's.
+loads it with ``model.load_weights(path)``. ``.keras`` archives saved by tf-keras (their config names
+tf-keras class paths) are opened through `keras3_archive`, which maps those paths to Keras 3's
+(`keras_compat.keras3_module_of_tf_keras`).
 """
 
 import io
