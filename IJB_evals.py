@@ -56,7 +56,7 @@ from atomic_io import save_figure_atomic, save_npz_atomic
 from embedding import MxnetRunner, OnnxRunner, TorchRunner, embed_images, flip_left_right, load_runner
 from evals import NonFiniteEmbeddingsError, check_finite
 from face_align import align_face
-from image_decode import looks_like_complete_image
+from image_decode import COMPLETENESS_HEAD_BYTES, COMPLETENESS_TAIL_BYTES, looks_like_complete_image
 from logs import show_library_logs
 from preprocess import l2_normalize
 
@@ -68,7 +68,8 @@ DEFAULT_CACHE_DIR = "IJB_cache"
 CACHE_FORMAT = "validated-meta-2"  # part of every cache signature: a new value rebuilds the caches
 SCORE_BLOCK_BYTES = 256 * 2**20  # memory of one block of the pair-score matrix product
 IMAGE_CHUNK = 4096  # images per step of the template aggregation and of the image file check
-IMAGE_HEAD_BYTES, IMAGE_TAIL_BYTES = 16, 64  # bytes of each image file's start and end `check_image_files` reads
+# Bytes of each image file's start and end `check_image_files` reads: what `looks_like_complete_image` looks at.
+IMAGE_HEAD_BYTES, IMAGE_TAIL_BYTES = COMPLETENESS_HEAD_BYTES, COMPLETENESS_TAIL_BYTES
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -107,7 +107,11 @@ def _bytes_at(data, pos, length):
     return tf.strings.substr(data, tf.broadcast_to(pos, tf.shape(data)), tf.fill(tf.shape(data), length))
 
 
-def _tail_contains(data, marker, window=32):
+COMPLETENESS_HEAD_BYTES = 4  # bytes of a file's start `looks_like_complete_image` reads (its signature)
+COMPLETENESS_TAIL_BYTES = 32  # bytes of a file's end it searches for the JPEG / PNG end marker
+
+
+def _tail_contains(data, marker, window=COMPLETENESS_TAIL_BYTES):
     """Whether the byte string `marker` occurs in the last `window` bytes of each string in `data`."""
     tail = _bytes_at(data, tf.maximum(tf.strings.length(data) - window, 0), window)
     tail = tf.io.decode_raw(tail, tf.uint8, fixed_length=window)  # (..., window), short strings zero-padded
@@ -123,7 +127,7 @@ def looks_like_complete_image(data):
     bytes pass). Catches empty, truncated and non-image files; GIF, BMP, WebP and JPEG XL are accepted by
     signature only. Returns a bool tensor of `data`'s shape.
     """
-    head = _bytes_at(data, 0, 4)
+    head = _bytes_at(data, 0, COMPLETENESS_HEAD_BYTES)
     head_2, head_3 = tf.strings.substr(head, 0, 2), tf.strings.substr(head, 0, 3)
     is_jpeg = tf.equal(head_3, b"\xff\xd8\xff")
     is_png = tf.equal(head, b"\x89PNG")
