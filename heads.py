@@ -9,7 +9,10 @@ Options reproduce the original Keras_insightface head:
 - `append_norm=True` (MagFace, AdaFace): one more column holding `-||x||`, the negated embedding norm (negated so it
   never wins the arg-max of an accuracy metric);
 - `partial_fc_split=N`: N kernels of `units` classes each, used one after the other on successive training batches,
-  in step with the partial-FC dataset that alternates batches between class groups.
+  in step with the partial-FC dataset that alternates batches between class groups;
+- `sample_rate=r` (Partial FC v2): the class centres are stored one per row, `norm_dense_w_rows` (units*k, emb), so
+  that `partial_fc.PartialFCModel` can train on the rows of a sampled subset of classes and update only those
+  (`sampled_output`); called as a layer, the head still returns the cosines of every class.
 
 `NormDenseVPL` adds Variational Prototype Learning: recent normalised embeddings of a class are mixed into its
 centre; `VPLUpdateQueue` is the callback that files each batch's embeddings under their labels.
@@ -42,15 +45,20 @@ class NormDense(keras.layers.Layer):
         append_norm: append `-||x||` (the embedding norm, negated) as a last column, for MagFace / AdaFace.
         partial_fc_split: when > 1, hold `partial_fc_split` kernels of shape (emb, units*k) in
             `norm_dense_w_subs`; training call `i` uses kernel `i % partial_fc_split`.
+        sample_rate: Partial FC v2 fraction of the classes a training step samples, in (0, 1] (None: off).
+            Train such a head with `partial_fc.PartialFCModel`; 1.0 samples every class (the full head's step).
+        sample_seed: int seed of the per-step class sample (the step's sample is drawn from `[seed, step]`).
         **kwargs: Layer arguments (`name`, `dtype`...). The dtype defaults to float32 even under a
             mixed-precision policy, as the original's training head does.
 
-    Weights: `norm_dense_w` (emb, units*k), or `norm_dense_w_subs` (split, emb, units*k) and the int64 shard
-    counter `cur_id`, which advances once per call with `training=True`.
+    Weights: `norm_dense_w` (emb, units*k); or `norm_dense_w_subs` (split, emb, units*k) and the int64 shard
+    counter `cur_id`, which advances once per call with `training=True`; or, with `sample_rate`,
+    `norm_dense_w_rows` (units*k, emb), the transposed kernel (its regulariser is applied by `PartialFCModel` to the
+    sampled rows only).
     """
 
     def __init__(self, units=1000, kernel_regularizer=None, loss_top_k=1, append_norm=False, partial_fc_split=0,
-                 **kwargs):
+                 sample_rate=None, sample_seed=0, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if int(units) < 1 or int(loss_top_k) < 1 or int(partial_fc_split) < 0:
@@ -58,8 +66,11 @@ class NormDense(keras.layers.Layer):
                 f"NormDense needs units >= 1, loss_top_k >= 1 and partial_fc_split >= 0; got units={units}, "
                 f"loss_top_k={loss_top_k}, partial_fc_split={partial_fc_split}"
             )
+        check_sample_rate(sample_rate, partial_fc_split)
         self.units, self.loss_top_k = int(units), int(loss_top_k)
         self.append_norm, self.partial_fc_split = bool(append_norm), int(partial_fc_split)
+        self.sample_rate = None if sample_rate is None else float(sample_rate)
+        self.sample_seed = int(sample_seed)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.kernel_initializer = keras.initializers.GlorotNormal()
         self.supports_masking = False
@@ -69,9 +80,18 @@ class NormDense(keras.layers.Layer):
         """True when the head cycles through `partial_fc_split` kernel shards."""
         return self.partial_fc_split > 1
 
+    @property
+    def is_sampled(self):
+        """True for a Partial FC v2 head (`sample_rate` set), whose centres are the rows of `w_rows`."""
+        return self.sample_rate is not None
+
     def build(self, input_shape):
         kernel_shape = (input_shape[-1], self.units * self.loss_top_k)
-        if self.uses_partial_fc:
+        if self.is_sampled:
+            self.w_rows = self.add_weight(
+                name="norm_dense_w_rows", shape=kernel_shape[::-1], initializer=self.transposed_kernel_initializer
+            )
+        elif self.uses_partial_fc:
             self.cur_id = self.add_weight(
                 name="cur_id", shape=(), initializer="zeros", dtype="int64", trainable=False,
                 aggregation="only_first_replica",
@@ -86,8 +106,15 @@ class NormDense(keras.layers.Layer):
                 regularizer=self.kernel_regularizer,
             )
 
+    def transposed_kernel_initializer(self, shape, dtype=None):
+        """The rows layout's initial value: the transpose of a column-layout kernel draw, so that the same random
+        state gives the same class centres in either layout."""
+        return ops.transpose(self.kernel_initializer(shape[::-1], dtype=dtype))
+
     def kernel_for_call(self, training=None):
         """The (emb, units*k) kernel to use now; with partial FC, the current shard, then advance the counter."""
+        if self.is_sampled:
+            return ops.transpose(self.w_rows)
         if not self.uses_partial_fc:
             return self.w
         kernel = ops.take(self.sub_weights, self.cur_id, axis=0)
@@ -96,9 +123,10 @@ class NormDense(keras.layers.Layer):
         return kernel
 
     def cosine_to_output(self, cosine, inputs):
-        """Reduce (batch, units*k) cosines to per-class logits and append `-||inputs||` when asked."""
+        """Reduce (batch, classes*k) cosines to per-class logits (batch, classes) and append `-||inputs||` when
+        asked."""
         if self.loss_top_k > 1:
-            cosine = ops.max(ops.reshape(cosine, (-1, self.units, self.loss_top_k)), axis=-1)
+            cosine = ops.max(ops.reshape(cosine, (ops.shape(cosine)[0], -1, self.loss_top_k)), axis=-1)
         if self.append_norm:
             feature_norm = ops.sqrt(ops.sum(ops.square(inputs), axis=-1, keepdims=True))
             cosine = ops.concatenate([cosine, -feature_norm], axis=-1)
@@ -111,6 +139,18 @@ class NormDense(keras.layers.Layer):
                             l2_normalize(kernel, axis=0, epsilon=NORMALIZE_EPSILON))
         return self.cosine_to_output(cosine, inputs)
 
+    def row_cosine(self, inputs, rows):
+        """Cosines (batch, rows) between `inputs` (batch, emb) and the centres `rows` (rows, emb), L2-normalised."""
+        inputs = ops.cast(inputs, self.compute_dtype)
+        return ops.matmul(l2_normalize(inputs, axis=1, epsilon=NORMALIZE_EPSILON),
+                          ops.transpose(l2_normalize(rows, axis=1, epsilon=NORMALIZE_EPSILON)))
+
+    def sampled_output(self, inputs, rows):
+        """The head's output over a sample of classes: `rows` (sample*k, emb) are the centres of the sampled
+        classes (`w_rows` gathered at `partial_fc.sampled_row_ids`); returns (batch, sample) cosines (+1 norm
+        column with `append_norm`)."""
+        return self.cosine_to_output(self.row_cosine(inputs, rows), ops.cast(inputs, self.compute_dtype))
+
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units + int(self.append_norm))
 
@@ -122,10 +162,22 @@ class NormDense(keras.layers.Layer):
                 "loss_top_k": self.loss_top_k,
                 "append_norm": self.append_norm,
                 "partial_fc_split": self.partial_fc_split,
+                "sample_rate": self.sample_rate,
+                "sample_seed": self.sample_seed,
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             }
         )
         return config
+
+
+def check_sample_rate(sample_rate, partial_fc_split):
+    """ValueError unless `sample_rate` is None or in (0, 1], and not combined with `partial_fc_split > 1`."""
+    if sample_rate is None:
+        return
+    if not 0 < float(sample_rate) <= 1:
+        raise ValueError(f"NormDense sample_rate must be in (0, 1]; got {sample_rate}")
+    if int(partial_fc_split) > 1:
+        raise ValueError("NormDense: sample_rate (Partial FC v2) and partial_fc_split cannot be combined")
 
 
 @keras.saving.register_keras_serializable(package="keras_insightface")
@@ -155,6 +207,9 @@ class NormDenseVPL(NormDense):
     def __init__(self, batch_size, units=1000, kernel_regularizer=None, vpl_lambda=0.15, start_iters=8000,
                  allowed_delta=200, **kwargs):
         super().__init__(units, kernel_regularizer, **kwargs)
+        if self.is_sampled:
+            raise ValueError("NormDenseVPL: Variational Prototype Learning needs every class centre each step; "
+                             "it cannot be combined with sample_rate (Partial FC v2)")
         self.batch_size, self.vpl_lambda = int(batch_size), float(vpl_lambda)
         self.start_iters, self.allowed_delta = int(start_iters), int(allowed_delta)
 

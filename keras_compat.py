@@ -7,6 +7,7 @@ import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its i
 import contextlib
 import functools
 
+import keras
 import tensorflow as tf
 
 CHECKED_KERAS_VERSION = "3.15.1"
@@ -71,6 +72,52 @@ def optimizer_tracks(optimizer, variables):
     """
     built_for = {optimizer._var_key(variable) for variable in optimizer._trainable_variables}
     return {optimizer._var_key(variable) for variable in variables} <= built_for
+
+
+def optimizer_slots(optimizer, variable):
+    """The optimizer's state variables for one model `variable`: `{"momentum": m}` for SGD with momentum (empty
+    without), `{"momentum": m, "velocity": v}` for Adam / AdamW.
+
+    Checked on Keras 3.15.1: `Optimizer._get_variable_index(variable)`, `SGD.momentums`, `Adam._momentums` and
+    `Adam._velocities` (lists in the order of the variables `build` was given).
+    """
+    index = optimizer._get_variable_index(variable)
+    if isinstance(optimizer, keras.optimizers.Adam):
+        return {"momentum": optimizer._momentums[index], "velocity": optimizer._velocities[index]}
+    if isinstance(optimizer, keras.optimizers.SGD):
+        return {"momentum": optimizer.momentums[index]} if optimizer.momentum != 0 else {}
+    raise TypeError(f"no known slots for optimizer {type(optimizer).__name__}")
+
+
+def uses_weight_decay(optimizer, variable):
+    """Whether `optimizer` applies its `weight_decay` to `variable` (not excluded by `exclude_from_weight_decay`).
+
+    Checked on Keras 3.15.1: `Optimizer._use_weight_decay(variable)`.
+    """
+    return optimizer.weight_decay is not None and optimizer._use_weight_decay(variable)
+
+
+def loss_tracker(model):
+    """The compiled model's running-mean metric of the training loss (the `loss` entry of the logs).
+
+    Checked on Keras 3.15.1: `Trainer._loss_tracker`.
+    """
+    return model._loss_tracker
+
+
+def call_with_layer_replaced(model, inputs, layer, replacement, training):
+    """The outputs (a list) of the functional `model` on `inputs`, with `layer` computed by `replacement(*args,
+    **kwargs)` instead (the other layers are called as `model(inputs, training=training)` would call them).
+
+    Checked on Keras 3.15.1: `Function._run_through_graph(inputs, operation_fn)` and
+    `keras.src.models.functional.operation_fn(op, training=...)` (injects `training` into the ops taking it).
+    """
+    from keras.src.models.functional import operation_fn
+
+    def operation(op):
+        return replacement if op is layer else operation_fn(op, training=training)
+
+    return keras.tree.flatten(model._run_through_graph(keras.tree.flatten(inputs), operation_fn=operation))
 
 
 def symbolic_build(model, data_batch):

@@ -54,6 +54,7 @@ import schedule
 from distributed import chief_logger, global_batch_size, is_chief_worker, is_multi_worker
 from heads import NormDenseVPL, VPLUpdateQueue
 from logs import show_library_logs
+from partial_fc import PartialFCModel
 from schedule import remaining_stages
 from training_heads import (
     HeadSpec,
@@ -491,6 +492,10 @@ class Train:
         run_options: a dict of JSON values that define the run (the command line's architecture and optimizer
             options): written to `<stem>_options.json` when a new run starts and compared with that file by
             `resume()`.
+        sample_rate: Partial FC v2 (`partial_fc`): margin-loss stages train a `NormDense(sample_rate=...)` head
+            with `partial_fc.PartialFCModel`: each step uses the batch's classes plus a uniform sample of the others,
+            `sample_rate` of all classes, drawn from `seed` and the step count, and updates only those centres and
+            their optimizer state. Optimizer SGD / Adam / AdamW; no XLA (`jit_compile` is not used); no VPL.
     At construction, temporary files a killed run left in `checkpoint_dir` are removed.
     `tt.custom_callbacks` takes extra callbacks; `tt.my_history`, `tt.model_checkpoint` and `tt.lr_scheduler` come
     from `myCallbacks.standard_callbacks`, `tt.my_evals` are the eval callbacks.
@@ -502,13 +507,13 @@ class Train:
                  random_cutout_mask_area=0, image_per_class=0, mixup_alpha=0, partial_fc_split=0,
                  teacher_model_interf=None, vpl_start_iters=-1, vpl_allowed_delta=200, checkpoint_dir=CHECKPOINT_DIR,
                  cache_dir=None, seed=None, jit_compile="auto", steps_per_execution=1, verbose="auto", overwrite=False,
-                 run_options=None):
+                 run_options=None, sample_rate=None):
         self.data_path, self.save_path, self.checkpoint_dir = os.fspath(data_path), save_path, os.fspath(checkpoint_dir)
         self.stem, self.basic_suffix = run_names(save_path)
         self.custom_objects = dict(custom_objects or {})
         self.batch_size, self.global_batch_size = batch_size, global_batch_size(batch_size)
         self.output_weight_decay, self.pretrained = output_weight_decay, pretrained
-        self.partial_fc_split, self.seed = partial_fc_split, seed
+        self.partial_fc_split, self.seed, self.sample_rate = partial_fc_split, seed, sample_rate
         self.dataset_options = dict(random_status=random_status, random_cutout_mask_area=random_cutout_mask_area,
                                     image_per_class=image_per_class, mixup_alpha=mixup_alpha,
                                     teacher_model_interf=teacher_model_interf, cache_dir=cache_dir)
@@ -580,14 +585,16 @@ class Train:
         else:
             self.head_spec = None
             outputs.append(embedding_output(self.basic_model, loss_type, self.teacher_emb_size))
-        self.model = keras.Model(self.basic_model.inputs[0], outputs, name=self.basic_model.name + "_train")
+        sampled = self.head_spec is not None and self.head_spec.sample_rate is not None and not self.inited_from_model
+        model_class = PartialFCModel if sampled else keras.Model
+        self.model = model_class(self.basic_model.inputs[0], outputs, name=self.basic_model.name + "_train")
 
     def stage_head_spec(self, loss_type, loss, loss_top_k):
         """The `HeadSpec` of a stage whose main output is `loss_type` ("softmax" / "arcface") with `loss`."""
         append_norm = isinstance(loss, schedule.NORM_APPENDING_LOSSES)
         vpl_batch_size = self.batch_size if self.vpl_start_iters > 0 and loss_type == "arcface" else 0
         return HeadSpec.for_stage(loss_type, self.classes, loss_top_k, append_norm, self.partial_fc_split,
-                                  vpl_batch_size)
+                                  vpl_batch_size, self.sample_rate, self.seed or 0)
 
     def head_output(self, spec):
         """The output of head `spec` on the embedding, reusing the current head when it has the same spec."""
@@ -742,7 +749,7 @@ class Train:
             optimizer=optimizer_for(stage.optimizer or compiled_optimizer or self.default_optimizer, self.model),
             **stage_losses.compile_arguments(),
             metrics=output_metrics(self.model, self.metrics),
-            jit_compile=self.jit_compile,
+            jit_compile=False if isinstance(self.model, PartialFCModel) else self.jit_compile,
             steps_per_execution=self.steps_per_execution,
         )
 
@@ -807,7 +814,8 @@ def parse_arguments(argv=None):
         f"{DEMO_DIR} on first use) with evaluation on unseen ones.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("-d", "--data_path", help="class-per-folder dataset (default: the demo data)")
+    parser.add_argument("-d", "--data_path", help="class-per-folder dataset, image-list .npz, or a TFRecord file / "
+                        "quoted shard pattern such as 'faces-*-of-00008.tfrecord' (default: the demo data)")
     parser.add_argument("-e", "--eval_paths", nargs="*", help=".bin files evaluated after every epoch (default: "
                         "the demo's val.bin, evaluated before and after training only)")
     parser.add_argument("-s", "--save_path", default="ghostfacenet_demo.h5", help="output name (its stem names files)")
@@ -835,6 +843,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--lr_warmup_steps", type=int, default=1, help="warm-up epochs: the LR rises linearly from "
                         "lr_min to lr_base (without it, one demo seed in five collapsed mid-training)")
     parser.add_argument("--random_status", type=int, default=0, help="augmentation level (-1 .. 3, >= 100)")
+    parser.add_argument("--sample_rate", type=float, help="Partial FC v2: fraction of the classes each step samples "
+                        "for the margin-loss head, in (0, 1] (default: the full head)")
     parser.add_argument("--mixed_precision", action="store_true", help="mixed_float16 (GPUs)")
     parser.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard logs into DIR")
     add_continuation_arguments(parser)
@@ -936,6 +946,7 @@ def run(args):
         lr_warmup_steps=args.lr_warmup_steps, random_status=args.random_status,
         output_weight_decay=args.output_weight_decay, checkpoint_dir=args.checkpoint_dir, seed=args.seed,
         overwrite=args.overwrite, run_options={name: getattr(args, name) for name in RUN_OPTION_NAMES},
+        sample_rate=args.sample_rate,
     )
     if args.tensorboard:
         tt.custom_callbacks.append(keras.callbacks.TensorBoard(args.tensorboard))

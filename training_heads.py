@@ -16,8 +16,8 @@ HEAD_LAYER_NAMES = ("arcface", "softmax_logits", "softmax")
 class HeadSpec:
     """An output head: `kind` "softmax" (Dense + softmax) or "arcface" (NormDense, or NormDenseVPL when
     `vpl_batch_size` > 0) over `classes` classes; `loss_top_k` sub-centres, `append_norm` (the embedding-norm column
-    of MagFace / AdaFace) and `partial_fc_split` apply to the arcface kind only. Two stages with equal specs share
-    one head."""
+    of MagFace / AdaFace), `partial_fc_split` and `sample_rate` / `sample_seed` (a Partial FC v2 head, trained by
+    `partial_fc.PartialFCModel`) apply to the arcface kind only. Two stages with equal specs share one head."""
 
     kind: str
     classes: int
@@ -25,14 +25,18 @@ class HeadSpec:
     append_norm: bool = False
     partial_fc_split: int = 0
     vpl_batch_size: int = 0
+    sample_rate: float | None = None
+    sample_seed: int = 0
 
     @classmethod
-    def for_stage(cls, kind, classes, loss_top_k=1, append_norm=False, partial_fc_split=0, vpl_batch_size=0):
+    def for_stage(cls, kind, classes, loss_top_k=1, append_norm=False, partial_fc_split=0, vpl_batch_size=0,
+                  sample_rate=None, sample_seed=0):
         """The head a stage of main-output `kind` needs (None when the kind trains the embedding itself)."""
         if kind == "softmax":
             return cls("softmax", classes)
         if kind == "arcface":
-            return cls("arcface", classes, loss_top_k, append_norm, partial_fc_split, vpl_batch_size)
+            return cls("arcface", classes, loss_top_k, append_norm, partial_fc_split, vpl_batch_size, sample_rate,
+                       sample_seed)
         return None
 
 
@@ -64,15 +68,25 @@ def make_head_layers(spec, regularizer, vpl_options):
     if spec.vpl_batch_size:
         return [NormDenseVPL(spec.vpl_batch_size, spec.classes, regularizer, name="arcface", **vpl_options)]
     return [NormDense(spec.classes, regularizer, spec.loss_top_k, spec.append_norm, spec.partial_fc_split,
-                      name="arcface")]
+                      spec.sample_rate, spec.sample_seed, name="arcface")]
 
 
 def copy_matching_weights(old_layers, new_layers):
-    """Copy weights from an old head into a new one layer by layer where every shape matches."""
+    """Copy weights from an old head into a new one layer by layer where every shape matches; between two
+    single-kernel `NormDense` heads, the class centres are copied whatever their layout (columns, or rows with
+    `sample_rate`)."""
     for old, new in zip(old_layers, new_layers, strict=False):
         old_weights, new_weights = old.get_weights(), new.get_weights()
         if [w.shape for w in old_weights] == [w.shape for w in new_weights]:
             new.set_weights(old_weights)
+        elif transposed_kernels(old, old_weights, new, new_weights):
+            new.set_weights([old_weights[0].T])
+
+
+def transposed_kernels(old, old_weights, new, new_weights):
+    """Whether two `NormDense` heads hold one kernel each, of transposed shapes (columns vs rows layout)."""
+    single = isinstance(old, NormDense) and isinstance(new, NormDense) and len(old_weights) == len(new_weights) == 1
+    return single and old_weights[0].shape == new_weights[0].shape[::-1]
 
 
 def head_layers_of(model):
@@ -85,7 +99,8 @@ def head_spec_of(model):
     for layer in head_layers_of(model):
         if isinstance(layer, NormDense):
             vpl = layer.batch_size if isinstance(layer, NormDenseVPL) else 0
-            return HeadSpec("arcface", layer.units, layer.loss_top_k, layer.append_norm, layer.partial_fc_split, vpl)
+            return HeadSpec("arcface", layer.units, layer.loss_top_k, layer.append_norm, layer.partial_fc_split, vpl,
+                            layer.sample_rate, layer.sample_seed)
         if layer.name == "softmax_logits":
             return HeadSpec("softmax", layer.units)
     return None

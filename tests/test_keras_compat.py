@@ -85,6 +85,52 @@ def test_optimizer_tracks_the_variables_it_was_built_for():
     assert not keras_compat.optimizer_tracks(optimizer, [first, second])
 
 
+def test_optimizer_slots_are_the_momentum_and_velocity_of_a_variable():
+    require_attribute(keras.optimizers.Optimizer, "_get_variable_index", "optimizer_slots")
+    variables = [keras.Variable(np.zeros((3, 2), "float32")), keras.Variable(np.ones((4,), "float32"))]
+    gradients = [np.ones((3, 2), "float32"), np.full((4,), 2.0, "float32")]
+    sgd = keras.optimizers.SGD(0.1, momentum=0.9)
+    adam = keras.optimizers.AdamW(0.1, weight_decay=0.01)
+    adam.exclude_from_weight_decay(var_list=[variables[0]])
+    for optimizer in (sgd, adam):
+        optimizer.apply(gradients, variables)
+    np.testing.assert_allclose(keras_compat.optimizer_slots(sgd, variables[1])["momentum"], np.full(4, -0.2))
+    adam_slots = keras_compat.optimizer_slots(adam, variables[1])
+    np.testing.assert_allclose(adam_slots["momentum"], np.full(4, 0.2), rtol=1e-6)  # (1 - beta_1) * g
+    np.testing.assert_allclose(adam_slots["velocity"], np.full(4, 0.004), rtol=1e-5)  # (1 - beta_2) * g^2
+    plain = keras.optimizers.SGD(0.1)
+    plain.build(variables)
+    assert keras_compat.optimizer_slots(plain, variables[0]) == {}
+    assert keras_compat.uses_weight_decay(adam, variables[1]) and not keras_compat.uses_weight_decay(adam, variables[0])
+    assert not keras_compat.uses_weight_decay(sgd, variables[1])
+
+
+def test_loss_tracker_is_the_logged_training_loss():
+    require_attribute(keras.Model(), "_loss_tracker", "loss_tracker")
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1, kernel_initializer="zeros")(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    history = model.fit(np.zeros((4, 2)), np.full((4, 1), 3.0), verbose=0)
+    assert float(keras_compat.loss_tracker(model).result()) == pytest.approx(history.history["loss"][0]) == 9.0
+
+
+def test_call_with_layer_replaced_runs_the_graph_around_one_layer():
+    inputs = keras.Input((2,))
+    hidden = keras.layers.Dense(3, kernel_initializer="ones", name="hidden")
+    head = keras.layers.Dense(1, kernel_initializer="ones", name="head")
+    dropout = keras.layers.Dropout(0.999, seed=1)
+    embedding = hidden(inputs)
+    model = keras.Model(inputs, [dropout(embedding), head(embedding)])
+    x = np.ones((2, 2), "float32")
+    kept, replaced = keras_compat.call_with_layer_replaced(model, x, head, lambda tensor, **_: tensor * 10,
+                                                           training=True)
+    np.testing.assert_allclose(replaced, np.full((2, 3), 20.0))  # the head's input, times 10
+    assert float(np.sum(kept)) != 2 * 3 * 2.0  # dropout ran in training mode
+    _, inference = keras_compat.call_with_layer_replaced(model, x, dropout, lambda tensor, **_: tensor,
+                                                         training=False)
+    np.testing.assert_allclose(inference, np.full((2, 1), 6.0))
+
+
 def test_symbolic_build_creates_the_optimizer_slots_before_fit():
     require_attribute(keras.Model, "_symbolic_build", "symbolic_build")
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
