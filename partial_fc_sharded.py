@@ -118,18 +118,27 @@ class ShardedNormDense(NormDense):
         return local_values(self.w_rows if variable is None else variable, self.strategy)
 
     def set_all_rows(self, rows, variable=None):
-        """Split `rows` (units*k, emb), the values of every class, into the shards of `variable` (`w_rows`)."""
-        for shard, local in enumerate(self.shards(variable)):
+        """Split `rows` (units*k, emb), the values of every class, into the shards of `variable` (`w_rows`): each
+        replica assigns its own (every worker of a multi-worker strategy must call this together)."""
+        variable = self.w_rows if variable is None else variable
+        padded = np.zeros((self.num_shards, *variable.shape), "float32")
+        for shard in range(self.num_shards):
             start, end = self.shard_bounds(shard)
-            padded = np.zeros(local.shape, "float32")
-            padded[: end - start] = rows[start:end]
-            local.assign(padded)
+            padded[shard, : end - start] = rows[start:end]
+        padded = tf.constant(padded)
+
+        def assign_own_shard():
+            variable.assign(tf.gather(padded, tf.distribute.get_replica_context().replica_id_in_sync_group))
+
+        self.strategy.run(assign_own_shard)
 
     def all_rows(self, variable=None):
-        """The values of every class, (units*k, emb), gathered from the shards of `variable` (`w_rows`)."""
+        """The values of every class, (units*k, emb), gathered from the shards of `variable` (`w_rows`) of every
+        replica (every worker of a multi-worker strategy must call this together)."""
+        variable = self.w_rows if variable is None else variable
+        shards = np.reshape(self.strategy.gather(variable.value, axis=0).numpy(), (self.num_shards, *variable.shape))
         bounds = [self.shard_bounds(shard) for shard in range(self.num_shards)]
-        return np.concatenate([local.numpy()[: end - start]
-                               for local, (start, end) in zip(self.shards(variable), bounds, strict=True)])
+        return np.concatenate([shard[: end - start] for shard, (start, end) in zip(shards, bounds, strict=True)])
 
     def kernel_for_call(self, training=None):
         """The (emb, units*k) kernel of every class (gathered from the shards; outside a train step only)."""
@@ -137,16 +146,22 @@ class ShardedNormDense(NormDense):
 
     def call(self, inputs, training=None):
         context = tf.distribute.get_replica_context()
-        if context is None:  # cross-replica (Keras' build under a strategy): the shards are read one by one
-            rows = tf.concat([tf.convert_to_tensor(local) for local in self.shards()], axis=0)
-            return self.sampled_output(inputs, rows[: self.units * self.loss_top_k])
+        if context is None:  # cross-replica (Keras' build under a strategy): the local shards, read one by one
+            return self.cosine_to_output(self.local_shards_cosine(inputs), inputs)
         return self.cosine_to_output(self.replica_cosine(inputs, context), inputs)
+
+    def local_shards_cosine(self, inputs):
+        """Cosines (batch, units*k) against the shards held by this process; under a multi-worker strategy the
+        columns of other workers' shards are 0 (call the model through `strategy.run` / `predict` there)."""
+        rows = tf.concat([tf.convert_to_tensor(local) for local in self.shards()], axis=0)
+        cosine = self.row_cosine(inputs, rows[: self.units * self.loss_top_k])
+        return tf.pad(cosine, [[0, 0], [0, self.units * self.loss_top_k - tf.shape(cosine)[1]]])
 
     def replica_cosine(self, inputs, context):
         """Cosines (batch, units*k) of this replica's `inputs` against every class: the inputs of all replicas
         are gathered, compared with this replica's shard, the columns of all shards gathered, and this replica's
         rows kept."""
-        sizes = context.all_gather(tf.shape(inputs)[:1], axis=0)
+        sizes = gather_integers(context, tf.shape(inputs)[:1])
         cosine = context.all_gather(self.row_cosine(context.all_gather(inputs, axis=0), self.w_rows.value), axis=1)
         start = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
         return cosine[start : start + tf.shape(inputs)[0], : self.units * self.loss_top_k]
@@ -214,6 +229,12 @@ def sharded_cross_entropy(logits, targets, context):
     return tf.math.log(sum_exp) + global_max - target
 
 
+def gather_integers(context, values):
+    """`context.all_gather(values, axis=0)` of int (n,) values below 2**24, as int32 (gathered as float32:
+    MultiWorkerMirroredStrategy's collective gather fails on integer tensors)."""
+    return tf.cast(context.all_gather(tf.cast(values, tf.float32), axis=0), tf.int32)
+
+
 def integer_labels(labels):
     """Integer classes (batch,) of integer labels (batch,) or one-hot (batch, classes) rows."""
     return labels if labels.shape.rank == 1 else tf.argmax(labels, axis=-1, output_type=tf.int32)
@@ -248,7 +269,7 @@ class ShardedPartialFCModel(partial_fc.PartialFCModel):
         head = [layer for layer in self.layers if isinstance(layer, ShardedNormDense)][-1]
         check_sharded_training(self, head)
         context, replicas, replica = replica_context()
-        labels = context.all_gather(integer_labels(y), axis=0)
+        labels = gather_integers(context, integer_labels(y))
         seed = partial_fc.step_seed(head.sample_seed, self.optimizer.iterations)
         seed = seed if replicas == 1 else tf.random.experimental.stateless_fold_in(seed, replica)
         class_ids = shard_sample(head, labels, replica, seed)

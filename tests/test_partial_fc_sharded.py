@@ -3,6 +3,8 @@ softmax, equality with single-device training of the full head (one replica here
 subprocess), saving and loading across replica counts."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -170,3 +172,62 @@ def test_two_replicas_equal_single_device_training_and_save_every_centre(tmp_pat
     np.testing.assert_array_equal(centres(loaded), np.asarray(result["sampled"]["centres"], "float32"))
     np.testing.assert_allclose(loaded.predict(x[:6], verbose=0), result["sampled"]["predict"], rtol=1e-5, atol=1e-6)
     assert isinstance(loaded, partial_fc.PartialFCModel)
+
+
+MULTI_WORKER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+    import numpy as np, tensorflow as tf
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    import keras
+    import keras_compat
+    import test_partial_fc as t
+    import test_partial_fc_sharded as s
+
+    x, labels, _ = t.dataset(count=48)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dataset = tf.data.Dataset.from_tensor_slices((x, labels)).batch(16).with_options(options)
+    with strategy.scope():
+        sharded = s.build_sharded(1.0, t.OPTIMIZERS["AdamW"])
+        keras_compat.symbolic_build(sharded, dataset.element_spec)  # as train.Train does before a multi-worker fit
+    with keras_compat.multi_worker_fit_patches(sharded):
+        loss = sharded.fit(dataset, epochs=1, verbose=0).history["loss"][0]
+    head = sharded.get_layer("arcface")
+    print("RESULT" + json.dumps({"loss": loss, "centres": t.centres(sharded).tolist(), "shards": head.num_shards,
+                                 "emb": sharded.get_layer("emb").get_weights()[0].tolist()}))
+    """
+)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_workers_equal_single_device_training(tmp_path):
+    """MultiWorkerMirroredStrategy, two local workers over loopback, one shard each, global batch 16 (8 per
+    worker): the loss and every centre equal single-device training of the full head."""
+    script = tmp_path / "two_workers.py"
+    script.write_text(MULTI_WORKER_SCRIPT)
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen([sys.executable, str(script), str(REPO_ROOT)], env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    results = [json.loads(line[len("RESULT") :]) for output in outputs for line in output.splitlines()
+               if line.startswith("RESULT")]
+    assert len(results) == 2, outputs[0][-3000:]
+    x, _, y = dataset(count=48)
+    full = build(None, OPTIMIZERS["AdamW"])
+    full_loss = full.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history["loss"][0]
+    for result in results:
+        assert result["shards"] == 2 and result["loss"] == pytest.approx(full_loss, rel=1e-5)
+        np.testing.assert_allclose(result["centres"], centres(full), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(result["emb"], full.get_layer("emb").get_weights()[0], rtol=1e-5, atol=1e-6)
