@@ -166,6 +166,15 @@ class ShardedNormDense(NormDense):
         start = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
         return cosine[start : start + tf.shape(inputs)[0], : self.units * self.loss_top_k]
 
+    def get_weights(self):
+        """[centres, optimizer slots...] of every class, each (units*k, emb), gathered from the shards."""
+        return [self.all_rows(), *(self.all_rows(variable) for variable in self.slots.values())]
+
+    def set_weights(self, weights):
+        """Set what `get_weights` returns (each (units*k, emb)), split over the shards."""
+        for variable, rows in zip([self.w_rows, *self.slots.values()], weights, strict=True):
+            self.set_all_rows(rows, variable)
+
     def save_own_variables(self, store):
         """Write every class's centres and optimizer state, gathered from the shards (the rows layout)."""
         store["norm_dense_w_rows"] = self.all_rows()

@@ -55,6 +55,7 @@ from distributed import chief_logger, global_batch_size, is_chief_worker, is_mul
 from heads import NormDenseVPL, VPLUpdateQueue
 from logs import show_library_logs
 from partial_fc import PartialFCModel
+from partial_fc_sharded import ShardedPartialFCModel, optimizer_slot_names
 from schedule import remaining_stages
 from training_heads import (
     HeadSpec,
@@ -496,6 +497,8 @@ class Train:
             with `partial_fc.PartialFCModel`: each step uses the batch's classes plus a uniform sample of the others,
             `sample_rate` of all classes, drawn from `seed` and the step count, and updates only those centres and
             their optimizer state. Optimizer SGD / Adam / AdamW; no XLA (`jit_compile` is not used); no VPL.
+        model_parallel: with `sample_rate`, shard the class centres over the replicas of the `tf.distribute`
+            strategy (`partial_fc_sharded.ShardedPartialFCModel`; ArcFace / CosFace / AirFace, one output).
     At construction, temporary files a killed run left in `checkpoint_dir` are removed.
     `tt.custom_callbacks` takes extra callbacks; `tt.my_history`, `tt.model_checkpoint` and `tt.lr_scheduler` come
     from `myCallbacks.standard_callbacks`, `tt.my_evals` are the eval callbacks.
@@ -507,13 +510,14 @@ class Train:
                  random_cutout_mask_area=0, image_per_class=0, mixup_alpha=0, partial_fc_split=0,
                  teacher_model_interf=None, vpl_start_iters=-1, vpl_allowed_delta=200, checkpoint_dir=CHECKPOINT_DIR,
                  cache_dir=None, seed=None, jit_compile="auto", steps_per_execution=1, verbose="auto", overwrite=False,
-                 run_options=None, sample_rate=None):
+                 run_options=None, sample_rate=None, model_parallel=False):
         self.data_path, self.save_path, self.checkpoint_dir = os.fspath(data_path), save_path, os.fspath(checkpoint_dir)
         self.stem, self.basic_suffix = run_names(save_path)
         self.custom_objects = dict(custom_objects or {})
         self.batch_size, self.global_batch_size = batch_size, global_batch_size(batch_size)
         self.output_weight_decay, self.pretrained = output_weight_decay, pretrained
         self.partial_fc_split, self.seed, self.sample_rate = partial_fc_split, seed, sample_rate
+        self.model_parallel = model_parallel
         self.dataset_options = dict(random_status=random_status, random_cutout_mask_area=random_cutout_mask_area,
                                     image_per_class=image_per_class, mixup_alpha=mixup_alpha,
                                     teacher_model_interf=teacher_model_interf, cache_dir=cache_dir)
@@ -572,7 +576,7 @@ class Train:
         """Load a model file with the registered losses / heads plus `custom_objects`."""
         return load_model_file(path, self.custom_objects, compile)
 
-    def build_model(self, loss_type, loss, loss_top_k, emb_kinds):
+    def build_model(self, loss_type, loss, loss_top_k, emb_kinds, optimizer_slots=()):
         """(Re)build the training model: outputs `<kind>_embedding` for each attached embedding loss, then the
         main output: the head the stage needs (rebuilt when its `HeadSpec` changes, with matching weights copied),
         the embedding itself for an embedding loss, or, for a model given as an object (`inited_from_model`),
@@ -581,20 +585,27 @@ class Train:
         if self.inited_from_model:
             outputs.append(self.given_model_output)
         elif loss_type in schedule.HEAD_KINDS:
-            outputs.append(self.head_output(self.stage_head_spec(loss_type, loss, loss_top_k)))
+            outputs.append(self.head_output(self.stage_head_spec(loss_type, loss, loss_top_k, optimizer_slots)))
         else:
             self.head_spec = None
             outputs.append(embedding_output(self.basic_model, loss_type, self.teacher_emb_size))
-        sampled = self.head_spec is not None and self.head_spec.sample_rate is not None and not self.inited_from_model
-        model_class = PartialFCModel if sampled else keras.Model
+        model_class = self.training_model_class()
         self.model = model_class(self.basic_model.inputs[0], outputs, name=self.basic_model.name + "_train")
 
-    def stage_head_spec(self, loss_type, loss, loss_top_k):
-        """The `HeadSpec` of a stage whose main output is `loss_type` ("softmax" / "arcface") with `loss`."""
+    def training_model_class(self):
+        """The model class of the current head: Partial FC heads train with their own train step."""
+        if self.head_spec is None or self.head_spec.sample_rate is None or self.inited_from_model:
+            return keras.Model
+        return ShardedPartialFCModel if self.head_spec.is_model_parallel else PartialFCModel
+
+    def stage_head_spec(self, loss_type, loss, loss_top_k, optimizer_slots=()):
+        """The `HeadSpec` of a stage whose main output is `loss_type` ("softmax" / "arcface") with `loss`
+        (`optimizer_slots`: the slot names of the stage's optimizer, for a model-parallel head)."""
         append_norm = isinstance(loss, schedule.NORM_APPENDING_LOSSES)
         vpl_batch_size = self.batch_size if self.vpl_start_iters > 0 and loss_type == "arcface" else 0
         return HeadSpec.for_stage(loss_type, self.classes, loss_top_k, append_norm, self.partial_fc_split,
-                                  vpl_batch_size, self.sample_rate, self.seed or 0)
+                                  vpl_batch_size, self.sample_rate, self.seed or 0,
+                                  tuple(optimizer_slots) if self.model_parallel else None)
 
     def head_output(self, spec):
         """The output of head `spec` on the embedding, reusing the current head when it has the same spec."""
@@ -740,15 +751,18 @@ class Train:
         """Build the stage's training model (loading `pretrained` weights once), freeze the basic model for a
         bottleneck-only stage, and compile with the stage's optimizer (or the compiled one, or Adam)."""
         compiled_optimizer = getattr(self.model, "optimizer", None) if self.model is not None else None
-        self.build_model(stage_losses.main_kind, stage_losses.main, stage.loss_top_k, stage_losses.attached_kinds)
+        optimizer = keras.optimizers.get(stage.optimizer or compiled_optimizer or self.default_optimizer)
+        slots = optimizer_slot_names(optimizer) if self.model_parallel else ()
+        self.build_model(stage_losses.main_kind, stage_losses.main, stage.loss_top_k, stage_losses.attached_kinds,
+                         slots)
         if self.pretrained and not self.inited_from_model:
             self.model.load_weights(self.pretrained)
             self.pretrained = None
         self.basic_model.trainable = not stage.bottleneck_only
         self.model.compile(
-            optimizer=optimizer_for(stage.optimizer or compiled_optimizer or self.default_optimizer, self.model),
+            optimizer=optimizer_for(optimizer, self.model),
             **stage_losses.compile_arguments(),
-            metrics=output_metrics(self.model, self.metrics),
+            metrics=None if isinstance(self.model, ShardedPartialFCModel) else output_metrics(self.model, self.metrics),
             jit_compile=False if isinstance(self.model, PartialFCModel) else self.jit_compile,
             steps_per_execution=self.steps_per_execution,
         )

@@ -8,6 +8,7 @@ import keras
 
 import GhostFaceNets
 from heads import NormDense, NormDenseVPL
+from partial_fc_sharded import ShardedNormDense
 
 HEAD_LAYER_NAMES = ("arcface", "softmax_logits", "softmax")
 
@@ -17,7 +18,8 @@ class HeadSpec:
     """An output head: `kind` "softmax" (Dense + softmax) or "arcface" (NormDense, or NormDenseVPL when
     `vpl_batch_size` > 0) over `classes` classes; `loss_top_k` sub-centres, `append_norm` (the embedding-norm column
     of MagFace / AdaFace), `partial_fc_split` and `sample_rate` / `sample_seed` (a Partial FC v2 head, trained by
-    `partial_fc.PartialFCModel`) apply to the arcface kind only. Two stages with equal specs share one head."""
+    `partial_fc.PartialFCModel`; with `optimizer_slots`, model parallel) apply to the arcface kind only. Two stages
+    with equal specs share one head."""
 
     kind: str
     classes: int
@@ -27,17 +29,24 @@ class HeadSpec:
     vpl_batch_size: int = 0
     sample_rate: float | None = None
     sample_seed: int = 0
+    optimizer_slots: tuple | None = None
 
     @classmethod
     def for_stage(cls, kind, classes, loss_top_k=1, append_norm=False, partial_fc_split=0, vpl_batch_size=0,
-                  sample_rate=None, sample_seed=0):
-        """The head a stage of main-output `kind` needs (None when the kind trains the embedding itself)."""
+                  sample_rate=None, sample_seed=0, optimizer_slots=None):
+        """The head a stage of main-output `kind` needs (None when the kind trains the embedding itself);
+        `optimizer_slots` (a tuple of slot names) makes a Partial FC head model parallel (`ShardedNormDense`)."""
         if kind == "softmax":
             return cls("softmax", classes)
         if kind == "arcface":
             return cls("arcface", classes, loss_top_k, append_norm, partial_fc_split, vpl_batch_size, sample_rate,
-                       sample_seed)
+                       sample_seed, optimizer_slots if sample_rate is not None else None)
         return None
+
+    @property
+    def is_model_parallel(self):
+        """Whether the head's class centres are sharded over the replicas (`partial_fc_sharded`)."""
+        return self.optimizer_slots is not None
 
 
 def first_l2_factor(model):
@@ -67,6 +76,9 @@ def make_head_layers(spec, regularizer, vpl_options):
         return [logits, keras.layers.Activation("softmax", dtype="float32", name="softmax")]
     if spec.vpl_batch_size:
         return [NormDenseVPL(spec.vpl_batch_size, spec.classes, regularizer, name="arcface", **vpl_options)]
+    if spec.is_model_parallel:
+        return [ShardedNormDense(spec.classes, regularizer, spec.loss_top_k, spec.sample_rate, spec.sample_seed,
+                                 spec.optimizer_slots, name="arcface")]
     return [NormDense(spec.classes, regularizer, spec.loss_top_k, spec.append_norm, spec.partial_fc_split,
                       spec.sample_rate, spec.sample_seed, name="arcface")]
 
@@ -97,6 +109,9 @@ def head_layers_of(model):
 def head_spec_of(model):
     """The `HeadSpec` of a loaded training model's head (None when it has none)."""
     for layer in head_layers_of(model):
+        if isinstance(layer, ShardedNormDense):
+            return HeadSpec("arcface", layer.units, layer.loss_top_k, sample_rate=layer.sample_rate,
+                            sample_seed=layer.sample_seed, optimizer_slots=layer.optimizer_slots)
         if isinstance(layer, NormDense):
             vpl = layer.batch_size if isinstance(layer, NormDenseVPL) else 0
             return HeadSpec("arcface", layer.units, layer.loss_top_k, layer.append_norm, layer.partial_fc_split, vpl,

@@ -17,6 +17,7 @@ from test_train import data_dirs, make_train, tiny_basic_model  # noqa: F401  (d
 import keras_compat
 import losses
 import partial_fc
+import partial_fc_sharded
 from heads import NormDense, NormDenseVPL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -200,11 +201,12 @@ def test_a_million_class_head_trains_with_sparse_updates():
 # train.Train
 
 
-def train_head(tmp_path, data_dir, sample_rate, epochs=1, initial_epoch=0, model=None):
+def train_head(tmp_path, data_dir, sample_rate, epochs=1, initial_epoch=0, model=None, model_parallel=False):
     """`train.Train` of the tiny model with an ArcFace stage of `epochs` epochs; returns the Train."""
     keras.utils.set_random_seed(0)
     basic_model = None if model is not None else tiny_basic_model()
-    tt = make_train(tmp_path, data_dir, basic_model=basic_model, model=model, sample_rate=sample_rate)
+    tt = make_train(tmp_path, data_dir, basic_model=basic_model, model=model, sample_rate=sample_rate,
+                    model_parallel=model_parallel)
     stage = {"loss": losses.ArcfaceLoss(scale=16.0), "epoch": epochs}
     if model is None:
         stage["optimizer"] = keras.optimizers.SGD(0.1, momentum=0.9)
@@ -212,10 +214,12 @@ def train_head(tmp_path, data_dir, sample_rate, epochs=1, initial_epoch=0, model
     return tt
 
 
-def test_train_with_sample_rate_one_equals_the_full_head(tmp_path, data_dirs):  # noqa: F811
+@pytest.mark.parametrize("model_parallel", [False, True], ids=["replicated", "model parallel"])
+def test_train_with_sample_rate_one_equals_the_full_head(tmp_path, data_dirs, model_parallel):  # noqa: F811
     full = train_head(tmp_path / "full", data_dirs[0], None)
-    sampled = train_head(tmp_path / "sampled", data_dirs[0], 1.0)
-    assert isinstance(sampled.model, partial_fc.PartialFCModel) and type(full.model) is not type(sampled.model)
+    sampled = train_head(tmp_path / "sampled", data_dirs[0], 1.0, model_parallel=model_parallel)
+    expected_class = partial_fc_sharded.ShardedPartialFCModel if model_parallel else partial_fc.PartialFCModel
+    assert type(sampled.model) is expected_class and type(full.model) is not expected_class
     np.testing.assert_allclose(centres(sampled.model), centres(full.model), rtol=1e-5, atol=1e-6)
     for actual, expected in zip(sampled.basic_model.get_weights(), full.basic_model.get_weights(), strict=True):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)

@@ -666,7 +666,7 @@ sys.path.insert(0, {repo!r})
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 import tensorflow as tf
 
-mode, data_dir, out_dir, sample_rate = sys.argv[1:5]
+mode, data_dir, out_dir, sample_rate, model_parallel = sys.argv[1:6]
 if mode == "mirrored":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -688,11 +688,13 @@ with strategy.scope():
     tt = train.Train(data_dir, "dist.h5", basic_model=basic_model, batch_size={images} // strategy.num_replicas_in_sync,
                      checkpoint_dir=out_dir, cache_dir=out_dir, jit_compile=False, verbose=0, seed=0,
                      random_status=-1, lr_base=0.1, lr_decay=0,
-                     sample_rate=None if sample_rate == "None" else float(sample_rate))
+                     sample_rate=None if sample_rate == "None" else float(sample_rate),
+                     model_parallel=model_parallel == "True")
     tt.train([{{"loss": losses.ArcfaceLoss(scale=16), "epoch": 2, "optimizer": keras.optimizers.SGD(0.1)}}])
 iterations = int(keras.ops.convert_to_numpy(tt.model.optimizer.iterations))
+weights = [weight for layer in tt.model.layers for weight in layer.get_weights()]  # a sharded head: every class
 np.savez(os.path.join(out_dir, "weights.npz"), global_batch=tt.global_batch_size, steps=tt.steps_per_epoch,
-         iterations=iterations, *tt.model.get_weights())
+         iterations=iterations, *weights)
 np.savez(os.path.join(out_dir, "initial.npz"), *initial)
 """
 
@@ -711,20 +713,21 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def distributed_runs_of(root, data_dir, sample_rate=None):
+def distributed_runs_of(root, data_dir, sample_rate=None, model_parallel=False):
     """Start the distributed runs of DISTRIBUTED_SCRIPT on `data_dir` (32 images = one global batch per step)
     together: single device (waited for), Mirrored, and two MultiWorker processes (loopback TF_CONFIG, ports chosen
     free); returns {"root", "single", "mirrored", "workers"} (the processes of the last two)."""
     script = root / "distributed_run.py"
     script.write_text(DISTRIBUTED_SCRIPT.format(repo=str(REPO_ROOT), images=4 * IMAGES_PER_CLASS))
-    single = start_script(script, "single", data_dir, root / "single", sample_rate)
-    mirrored = start_script(script, "mirrored", data_dir, root / "mirrored", sample_rate)
+    head = (sample_rate, model_parallel)
+    single = start_script(script, "single", data_dir, root / "single", *head)
+    mirrored = start_script(script, "mirrored", data_dir, root / "mirrored", *head)
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
     workers = []
     for index in range(2):
         config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
         env = dict(os.environ, TF_CONFIG=json.dumps(config))
-        workers.append(start_script(script, "multiworker", data_dir, root / f"worker{index}", sample_rate, env=env))
+        workers.append(start_script(script, "multiworker", data_dir, root / f"worker{index}", *head, env=env))
     finish_scripts([single])
     return {"root": root, "single": distributed_weights(root / "single"), "mirrored": mirrored, "workers": workers}
 
@@ -737,10 +740,12 @@ def stop_distributed_runs(runs):
             process.communicate()
 
 
-@pytest.fixture(scope="module", params=[None, 0.5], ids=["full head", "partial fc 0.5"])
+@pytest.fixture(scope="module", params=[(None, False), (0.5, False), (1.0, True)],
+                ids=["full head", "partial fc 0.5", "model-parallel partial fc"])
 def distributed_runs(data_dirs, tmp_path_factory, request):
-    """The distributed runs on the four-class folder with the full head, and with Partial FC (`sample_rate`)."""
-    runs = distributed_runs_of(tmp_path_factory.mktemp("distributed"), data_dirs[1], request.param)
+    """The distributed runs on the four-class folder with the full head, with Partial FC (`sample_rate`), and with
+    the class centres sharded over the replicas (`model_parallel`)."""
+    runs = distributed_runs_of(tmp_path_factory.mktemp("distributed"), data_dirs[1], *request.param)
     try:
         yield runs
     finally:
