@@ -90,11 +90,11 @@ def prepare_dataset(
     """The training (or evaluation) dataset of a class-per-folder directory, image-list `.npz` or TFRecord.
 
     Picks the builder of `datasets.py`: a `.tfrecord` → `distill_tfrecord_dataset` (distillation layout) or
-    `tfrecord_dataset`; else the images are scanned (`scan_image_list`: `image_names_reg`, `image_classes_rule`,
-    `cache_dir`, `class_order`, `image_per_class`), then `partial_fc_split > 1` → `partial_fc_dataset` (training
-    only), otherwise `image_list_dataset` (`cache`, `initial_epoch`). `random_status`, `random_crop`,
-    `random_cutout_mask_area`: `augment.RandomProcessImage` (training only); the other arguments: see
-    `datasets.BatchOptions` (`mixup_alpha` applies to training only).
+    `tfrecord_dataset` (`initial_epoch`); else the images are scanned (`scan_image_list`: `image_names_reg`,
+    `image_classes_rule`, `cache_dir`, `class_order`, `image_per_class`), then `partial_fc_split > 1` →
+    `partial_fc_dataset` (training only), otherwise `image_list_dataset` (`cache`, `initial_epoch`).
+    `random_status`, `random_crop`, `random_cutout_mask_area`: `augment.RandomProcessImage` (training only); the
+    other arguments: see `datasets.BatchOptions` (`mixup_alpha` applies to training only).
 
     Returns `(dataset, steps_per_epoch)`: a training dataset repeats forever and `steps_per_epoch = images //
     batch_size`; with `is_train=False` every image comes once, the last batch may be smaller, and steps is
@@ -111,7 +111,9 @@ def prepare_dataset(
         _check_no_list_options(data_path, image_names_reg=image_names_reg, image_classes_rule=image_classes_rule,
                                image_per_class=image_per_class > 0, partial_fc_split=partial_fc_split > 1,
                                cache=cache)
-        return (distill_tfrecord_dataset if is_distill_tfrecord(data_path) else tfrecord_dataset)(data_path, options)
+        if is_distill_tfrecord(data_path):
+            return distill_tfrecord_dataset(data_path, options)
+        return tfrecord_dataset(data_path, options, initial_epoch)
     image_list = _scan_batches(data_path, batch_size, image_names_reg, image_classes_rule, cache_dir, class_order,
                                image_per_class)
     if image_list is None:

@@ -3,7 +3,8 @@
 - `image_list_dataset`: an image list (a scanned class folder or an image-list `.npz`, `scan_image_list`), with
   teacher embeddings for distillation when the `.npz` holds them;
 - `partial_fc_dataset`: the same list, batches alternating between class shards (partial FC);
-- `tfrecord_dataset`: an (image, label) TFRecord file or set of shards;
+- `tfrecord_dataset`: an (image, label) TFRecord file or set of shards (interleaved, shuffled, exact order per
+  epoch with a seed);
 - `distill_tfrecord_dataset`: a distillation TFRecord (image path, class, teacher embedding);
 - `Triplet_dataset`: K images of each of B / K classes per batch, for batch-hard triplet losses.
 
@@ -34,7 +35,7 @@ from folder_scan import pick_by_image_per_class, pre_process_folder
 from image_decode import SkippedImages, read_image_batches
 from preprocess import normalize, normalize_uint8
 from seeds import batch_seed, image_seeds, op_seed, pipeline_seed
-from tfrecords import read_distill_tfrecord, read_tfrecord_dataset
+from tfrecords import image_label_header, parse_image_labels, read_distill_tfrecord
 
 logger = logging.getLogger(__name__)
 
@@ -444,18 +445,69 @@ def Triplet_dataset(
 # TFRecord sources
 
 
-def tfrecord_dataset(data_path, options):
-    """The dataset of an (image, label) TFRecord file or glob pattern of shards (`tfrecords.read_tfrecord_dataset`):
-    shuffled with a buffer (`shuffle_buffer_size`, default min(total, 10,000)) when training.
+INTERLEAVED_SHARDS = 8  # shard files read at once, a record from each in turn (fixed: the order must not depend
+# on the machine's core count)
+DEFAULT_SHUFFLE_BUFFER = 10_000  # records of a TFRecord source shuffled together
+
+
+def _window_shuffled(records, window, seed):
+    """`records` shuffled within consecutive windows of `window` records: window `i` is permuted by a stateless
+    shuffle seeded by `(seed, i)` ((2,) `seed`), so the order is a function of the seed alone (that of
+    `Dataset.shuffle` also depends on TensorFlow's global seed)."""
+
+    def permuted(index, block):
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(block)[0]), seed=op_seed(seed, index))
+        return tf.gather(block, order)
+
+    return records.batch(window).enumerate().map(permuted, num_parallel_calls=AUTOTUNE).unbatch()
+
+
+def _epoch_records(files, seed, epoch, window):
+    """The serialized records of training epoch `epoch` (int64 scalar) of the shard `files` ((F,) string): the
+    files in an order drawn from `(seed, epoch)`, read `INTERLEAVED_SHARDS` at a time, a record from each in turn,
+    then shuffled in windows of `window` records (`_window_shuffled`)."""
+    epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+    order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(files)[0]), seed=op_seed(epoch_seed, 0))
+    shards = tf.data.Dataset.from_tensor_slices(tf.gather(files, order))
+    records = shards.interleave(tf.data.TFRecordDataset, cycle_length=min(int(files.shape[0]), INTERLEAVED_SHARDS),
+                                block_length=1, num_parallel_calls=AUTOTUNE)
+    return _window_shuffled(records, window, op_seed(epoch_seed, 1))
+
+
+def _shard_epochs(files, options, initial_epoch):
+    """Endless training batches of serialized records from epoch `initial_epoch` on: each epoch's records
+    (`_epoch_records`, window `shuffle_buffer_size` or `DEFAULT_SHUFFLE_BUFFER`) cut into whole batches. With
+    `options.seed` None the seed is drawn once (`seeds.pipeline_seed`)."""
+    seed, files = pipeline_seed(options.seed), tf.constant(files)
+    window = options.shuffle_buffer_size or DEFAULT_SHUFFLE_BUFFER
+
+    def one_epoch(epoch):
+        return _epoch_records(files, seed, epoch, window).batch(options.batch_size, drop_remainder=True)
+
+    return tf.data.Dataset.counter(initial_epoch, dtype=tf.int64).flat_map(one_epoch)
+
+
+def tfrecord_dataset(data_path, options, initial_epoch=0):
+    """The dataset of an (image, label) TFRecord file or glob pattern of shards (`tfrecords.image_label_header`).
+
+    Training: every epoch reads all shards (`_shard_epochs`): the shard order is drawn per epoch, 8 shards are
+    read at once, a record from each in turn, and records are shuffled in windows of `shuffle_buffer_size`
+    records (default 10,000; memory: that many encoded images, about twice while the next window fills). With a
+    `seed` the batches of epoch `e` are a function of `(seed, e)` and the stream starts at epoch `initial_epoch`
+    (exact resume, as `image_list_dataset`); without, the order is random and parallel reads may deliver out of
+    order. `is_train=False`: the files in name order, every record once.
 
     Returns `(dataset of (images, labels), steps_per_epoch)`.
     """
-    source, total, classes = read_tfrecord_dataset(data_path)
-    source = options.shuffled(source, min(total, 10000)) if options.is_train else source
-    source = source.batch(options.batch_size, drop_remainder=options.is_train)
-    return _finished(source, options, classes, records_of=os.fspath(data_path)), _steps(
-        total, options.batch_size, options.is_train
-    )
+    files, total, classes = image_label_header(data_path)
+    steps = _steps(total, options.batch_size, options.is_train)
+    if options.is_train:
+        source = _shard_epochs(files, options, initial_epoch)
+    else:
+        source = tf.data.TFRecordDataset(files).batch(options.batch_size)
+    source = source.map(parse_image_labels, num_parallel_calls=AUTOTUNE)
+    first_batch = initial_epoch * steps if options.is_train else 0
+    return _finished(source, options, classes, records_of=os.fspath(data_path), first_batch=first_batch), steps
 
 
 def distill_tfrecord_dataset(data_path, options):

@@ -6,6 +6,10 @@
   Resumable: files already present are skipped (each file is written under a temporary name and renamed, so a
   file that exists is complete). Records that cannot be read (truncated `.rec`, `.idx` offsets past its end, a
   NaN, negative or fractional label) are reported with the file and key, counted and skipped.
+- `-D dir --tfrecord faces.tfrecord [--shards N] [--shuffle_seed S] [--limit N]` and `--folder DIR --tfrecord
+  faces.tfrecord ...`: pack the images of `train.rec` / of a class-folder tree into TFRecord shards
+  `faces-0000i-of-0000N.tfrecord` in one streaming pass, without writing any image as a file (resumable after a
+  kill; unreadable records reported and skipped; see `packed_records`). Train on `faces-*-of-0000N.tfrecord`.
 - `-D dir -T lfw.bin ...`: rewrite those evaluation `.bin` files (names relative to `-D`) in place into a
   plain `[list of bytes, list of bool]` pickle, which our loader and the original code read directly.
 - `--synthetic dir`: build the synthetic demo data set (`dir/train/<id>/<k>.jpg` and `dir/val.bin`).
@@ -19,51 +23,38 @@
 import argparse
 import json
 import logging
-import math
 import os
 import sys
-import warnings
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from atomic_io import remove_stale_temp_files, write_bytes_atomic, write_text_atomic
+from atomic_io import remove_stale_temp_files, write_bytes_atomic
 from bin_files import load_bin, save_bin
-from recordio import RecordIOError, RecordIOReader, unpack
+from packed_records import (
+    MAX_LISTED_RECORDS,
+    RecordSource,
+    UnreadableItemError,
+    folder_to_tfrecord,
+    header_class,
+    image_keys_and_classes,
+    pack_records,
+    rec_to_tfrecord,
+    warn_skipped,
+    write_class_names,
+)
+from recordio import RecordIOError, RecordIOReader
 
 logger = logging.getLogger(__name__)
 
 PNG_SIGNATURE = b"\x89PNG"
-MAX_LISTED_RECORDS = 20
-
-
-def _class_index(value, source):
-    """`value` (a float label) as a class index; `RecordIOError` naming `source` unless a non-negative integer."""
-    value = float(value)
-    if not (math.isfinite(value) and value >= 0 and value.is_integer()):
-        raise RecordIOError(f"{source}: label {value} is not a non-negative integer class index")
-    return int(value)
-
-
-def _image_keys(reader):
-    """Keys of the image records: `1 … int(label[0]) − 1` when record 0 is the insightface header, else all keys."""
-    keys = reader.keys
-    if keys and keys[0] == 0:
-        source = f"{reader.rec_path} key 0"
-        header, _ = unpack(reader.read(0), source)
-        if header.flag > 0:
-            first_non_image = _class_index(header.label[0], source)
-            return [key for key in keys if 1 <= key < first_non_image]
-    return keys
 
 
 def _read_class_and_image(reader, key):
-    """`(class index, image bytes)` of record `key`: `label` for a single-label header, the first label of a
-    multi-label one. Raises `RecordIOError` naming the file, key or offset for a damaged record or a label that is
-    not a non-negative integer (NaN, negative, fractional)."""
+    """`(class index, image bytes)` of record `key` (`packed_records.header_class`). Raises `RecordIOError` naming
+    the file, key or offset for a damaged record or a label that is not a non-negative integer."""
     header, image = reader.read_image_record(key)
-    label = header.label if header.flag == 0 else header.label[0]
-    return _class_index(label, f"{reader.rec_path} key {key}"), image
+    return header_class(header, f"{reader.rec_path} key {key}"), image
 
 
 def _image_path(save_dir, class_index, key, image, known_dirs):
@@ -87,13 +78,10 @@ class _RecordCounts:
     unreadable: int = 0
 
     def skip(self, key, error):
-        """Count record `key` as unreadable; warn with `error` (naming file, key, offset) for the first few."""
+        """Count record `key` as unreadable; warn with `error` (naming file, key, offset) for the first few
+        (`packed_records.warn_skipped`)."""
         self.unreadable += 1
-        if self.unreadable <= MAX_LISTED_RECORDS:
-            warnings.warn(f"skipping unreadable record key {key}: {error}", stacklevel=3)
-        elif self.unreadable == MAX_LISTED_RECORDS + 1:
-            warnings.warn(f"more than {MAX_LISTED_RECORDS} unreadable records: the others are only counted",
-                          stacklevel=3)
+        warn_skipped(self.unreadable, f"skipping unreadable record key {key}: {error}")
 
 
 def _convert_records(reader, keys, save_dir):
@@ -128,7 +116,7 @@ def MXnet_record_to_folder(dataset_dir, save_dir=None, limit=0):
     save_dir = save_dir or dataset_dir + "_112x112_folders"
     rec_path = os.path.join(dataset_dir, "train.rec")
     with RecordIOReader(rec_path, os.path.join(dataset_dir, "train.idx"), strict=False) as reader:
-        keys = _image_keys(reader)
+        keys, _ = image_keys_and_classes(reader)
         keys = keys[:limit] if limit > 0 else keys
         counts = _convert_records(reader, keys, save_dir)
     if keys and counts.unreadable == len(keys):
@@ -181,7 +169,7 @@ MAX_COORDINATE = 2**31
 MAX_CLASSES = 2**24  # 16.8 M classes: 8 times the largest public face set, and int32-safe for training
 
 
-class BadItemError(ValueError):
+class BadItemError(UnreadableItemError):
     """One JSON entry that cannot be written; the message says why."""
 
 
@@ -341,27 +329,6 @@ def cropped_face_jpeg(path, box, margin, size):
     return encoded.tobytes(), clipped
 
 
-def output_stem(output):
-    """`output` without its `.tfrecord` extension."""
-    output = os.fspath(output)
-    return output[: -len(".tfrecord")] if output.endswith(".tfrecord") else output
-
-
-def shard_paths(output, shards):
-    """Output files: `output` itself for one shard, else `<stem>-00000-of-0000N.tfrecord` beside it."""
-    if shards == 1:
-        return [os.fspath(output)]
-    stem = output_stem(output)
-    return [f"{stem}-{index:05d}-of-{shards:05d}.tfrecord" for index in range(shards)]
-
-
-def write_class_names(output, class_names):
-    """Save string class names, one a line in class-index order, as `<output stem>_classes.txt`; its path."""
-    path = output_stem(output) + "_classes.txt"
-    write_text_atomic(path, "".join(name + "\n" for name in class_names))
-    return path
-
-
 def check_class_count(json_path, usable, classes):
     """Refuse integer labels that would make more than `MAX_CLASSES` classes (ValueError naming the file, the key
     and its label); warn when there are more than ten times as many classes as entries."""
@@ -391,41 +358,20 @@ def usable_items(json_path, entries, report):
     return [(key, index, box) for (key, _, box), index in zip(usable, labels, strict=True)]
 
 
-def write_staging_files(items, root, margin, size, part_paths, report, description):
-    """Crop the face of each `(key, class index, box)` and write its record to `part_paths` round-robin; a bad
-    image or box goes to `report.problems`, a clipped box to `report.clipped`."""
-    import tensorflow as tf
+def box_list_source(json_path, root, items, margin, size, report):
+    """The `packed_records.RecordSource` of the usable `(key, class index, box)` items of an image list: each
+    face cut from its image file by `cropped_face_jpeg` (a `BadItemError` skips it), a clipped box noted in
+    `report.clipped`."""
+    entries = {key: (label, box) for key, label, box in items}
 
-    from tfrecords import image_label_example
+    def read(key):
+        label, box = entries[key]
+        image, clipped = cropped_face_jpeg(os.path.join(root, key), box, margin, size)
+        if clipped:
+            report.clipped.append(key)
+        return label, image
 
-    writers = [tf.io.TFRecordWriter(path) for path in part_paths]
-    try:
-        for key, label, box in tqdm(items, desc=description, unit="img"):
-            try:
-                image, clipped = cropped_face_jpeg(os.path.join(root, key), box, margin, size)
-            except BadItemError as error:
-                report.problems.append((key, str(error)))
-                continue
-            if clipped:
-                report.clipped.append(key)
-            writers[report.written % len(writers)].write(image_label_example(image, label).SerializeToString())
-            report.written += 1
-    finally:
-        for writer in writers:
-            writer.close()
-
-
-def finish_shards(part_paths, paths, classes):
-    """Copy each non-empty staging file to its final path with the `classes` / `total` header, atomically
-    (`tfrecords.copy_records_with_header`); the final paths written."""
-    from tfrecords import copy_records_with_header
-
-    written = []
-    for part_path, path in zip(part_paths, paths, strict=True):
-        if os.path.getsize(part_path):
-            copy_records_with_header(part_path, path, classes)
-            written.append(path)
-    return written
+    return RecordSource(os.fspath(json_path), list(entries), read, report.classes)
 
 
 def json_to_tfrecord(json_path, root, output, margin=0.0, size=112, shards=1, shuffle_seed=None):
@@ -434,19 +380,17 @@ def json_to_tfrecord(json_path, root, output, margin=0.0, size=112, shards=1, sh
     `json_path`: `{relative_path: {label, x1, y1, x2, y2}}` with paths relative to `root` and the box in pixels
     (left, top, right, bottom; right / bottom exclusive). Each face is the box grown by `margin` × its width /
     height on each side, clipped to the image, resized to `size` × `size` (see `resize_face`) and stored as a
-    JPEG (quality 95) in the layout of `tfrecords.write_tfrecord_from_folder` (`image`, `label`; the first record
-    of each file also `classes` and `total`, that file's record count). Labels: see `class_indices`; integer
-    labels making more than `MAX_CLASSES` classes (a label of 10^12) are refused with a ValueError naming the key.
-    `shards > 1` writes `<stem>-0000i-of-0000N.tfrecord` files, records dealt round-robin; `shuffle_seed` (int)
-    writes the entries in a random order (recommended: the reader's shuffle buffer holds 10,000 records).
-    Entries with a missing / empty / unreadable file, a bad box (zero area, outside the image, NaN or infinite
-    coordinates) or bad fields, and later occurrences of a duplicate key, are skipped and listed in the report;
-    the rest is written. Each final file is written under a temporary name and then replaced
-    (`atomic_io.atomic_path`), so a killed run never leaves a partial file under a final name; the `.part`
-    staging files are removed. Returns `(list of the files written, BoxListReport)`.
+    JPEG (quality 95) in the (image, label) layout of `tfrecords` (the first record of each file also holds
+    `classes` and `total`, that file's record count). Labels: see `class_indices`; integer labels making more
+    than `MAX_CLASSES` classes (a label of 10^12) are refused with a ValueError naming the key. The files are
+    written by `packed_records.pack_records`: `shards > 1` writes `<stem>-0000i-of-0000N.tfrecord` files, each
+    a consecutive run of the entries; `shuffle_seed` (int) puts the entries in a random order first (recommended:
+    the reader's shuffle buffer mixes only nearby records); each file is written atomically, and a rerun after a
+    kill keeps the files already finished. Entries with a missing / empty / unreadable file, a bad box (zero
+    area, outside the image, NaN or infinite coordinates) or bad fields, and later occurrences of a duplicate
+    key, are skipped and listed in the report; the rest is written. Returns `(list of the files written,
+    BoxListReport)`.
     """
-    import random
-
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
     if size < 1 or margin < 0:
@@ -454,23 +398,13 @@ def json_to_tfrecord(json_path, root, output, margin=0.0, size=112, shards=1, sh
     entries, problems = load_box_list(json_path)
     report = BoxListReport(problems=problems)
     items = usable_items(json_path, entries, report)
-    output_dir = os.path.dirname(os.path.abspath(output))
-    os.makedirs(output_dir, exist_ok=True)
-    remove_stale_temp_files(output_dir)
-    if shuffle_seed is not None:
-        random.Random(shuffle_seed).shuffle(items)
-    paths = shard_paths(output, shards)
-    part_paths = [path + ".part" for path in paths]
-    try:
-        write_staging_files(items, root, margin, size, part_paths, report, f"{json_path} -> {output}")
-        written = finish_shards(part_paths, paths, report.classes)
-    finally:
-        for part_path in part_paths:
-            if os.path.exists(part_path):
-                os.remove(part_path)
+    packed = pack_records(box_list_source(json_path, root, items, margin, size, report), output, shards,
+                          shuffle_seed)
+    report.written = packed.written + packed.resumed
+    report.problems += packed.problems
     if report.class_names is not None:
         report.class_names_file = write_class_names(output, report.class_names)
-    return written, report
+    return packed.files, report
 
 
 def parse_arguments(argv=None):
@@ -502,14 +436,39 @@ def parse_arguments(argv=None):
     parser.add_argument("--output", help="--json: output TFRecord, e.g. faces.tfrecord")
     parser.add_argument("--margin", type=float, default=0.0, help="--json: box growth per side, fraction of its size")
     parser.add_argument("--size", type=int, default=112, help="--json: output faces are size x size")
-    parser.add_argument("--shards", type=int, default=1, help="--json: number of TFRecord files (default one)")
-    parser.add_argument("--shuffle_seed", type=int, default=None, help="--json: write the entries in a random order")
+    parser.add_argument("--tfrecord", metavar="OUTPUT",
+                        help="-D / --folder: pack the images into TFRecord shards named after OUTPUT (e.g. "
+                             "faces.tfrecord -> faces-0000i-of-0000N.tfrecord) instead of class folders")
+    parser.add_argument("--folder", metavar="DIR", help="class-per-folder tree to pack into --tfrecord shards")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="number of TFRecord files (--json: default one; --tfrecord: one per 50,000 images)")
+    parser.add_argument("--shuffle_seed", type=int, default=None,
+                        help="seed of the records' random order (--json: default the JSON order; --tfrecord: 0)")
     args = parser.parse_args(argv)
-    if not args.dataset_dir and not args.synthetic and not args.synthetic_ijb and not args.json:
-        parser.error("one of -D/--dataset_dir, --synthetic, --synthetic_ijb or --json is required")
+    if not (args.dataset_dir or args.synthetic or args.synthetic_ijb or args.json or args.folder):
+        parser.error("one of -D/--dataset_dir, --synthetic, --synthetic_ijb, --json or --folder is required")
     if args.json and not args.output:
         parser.error("--json needs --output name.tfrecord")
+    if args.folder and not args.tfrecord:
+        parser.error("--folder needs --tfrecord name.tfrecord")
     return args
+
+
+def pack_to_tfrecord(args):
+    """The `--tfrecord` conversions (`-D` and / or `--folder`, `packed_records`): pack, then print a summary, the
+    first skipped items and the shard pattern to train on."""
+    seed = 0 if args.shuffle_seed is None else args.shuffle_seed
+    reports = []
+    if args.dataset_dir:
+        reports.append(rec_to_tfrecord(args.dataset_dir, args.tfrecord, args.shards, seed, args.limit))
+    if args.folder:
+        reports.append(folder_to_tfrecord(args.folder, args.tfrecord, args.shards, seed))
+    for report in reports:
+        print(f">>>> {args.tfrecord}: {report.summary()}, {report.classes} classes")
+        for key, why in report.problems[:MAX_LISTED_RECORDS]:
+            print(f"  skipped {key}: {why}")
+        pattern = report.paths[0] if len(report.paths) == 1 else report.paths[0].replace("-00000-of-", "-*-of-")
+        print(f">>>> train with: Train(data_path={pattern!r}, ...)")
 
 
 def main(argv=None):
@@ -536,9 +495,12 @@ def main(argv=None):
         print(f">>>> synthetic {args.subset}: {args.synthetic_ijb}/{args.subset} (evaluate with IJB_evals.py "
               f"-d {args.synthetic_ijb} -s {args.subset})")
     if args.json:
-        paths, report = json_to_tfrecord(args.json, args.root, args.output, args.margin, args.size, args.shards,
+        paths, report = json_to_tfrecord(args.json, args.root, args.output, args.margin, args.size, args.shards or 1,
                                          args.shuffle_seed)
         print("\n".join([f">>>> {args.json}: wrote {', '.join(paths) or 'nothing'}", *report.lines()]))
+    if args.tfrecord:
+        pack_to_tfrecord(args)
+        return 0
     if not args.dataset_dir:
         return 0
     if args.test_bins:

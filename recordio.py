@@ -16,6 +16,7 @@ Byte layout (the one mxnet's own `MXIndexedRecordIO` writes):
 import logging
 import os
 import struct
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -51,9 +52,9 @@ def _padded(length):
     return (length + 3) & ~3
 
 
-def read_idx(idx_path):
-    """Read an `.idx` file into a dict `{key: byte offset}` (both ints), keeping the file's order."""
-    index = {}
+def _parse_idx_lines(idx_path):
+    """`(keys, offsets)` of an `.idx` file read line by line; `RecordIOError` naming the first bad line."""
+    keys, offsets = [], []
     with open(idx_path, encoding="ascii") as file:
         for line_number, line in enumerate(file, start=1):
             if not line.strip():
@@ -61,8 +62,29 @@ def read_idx(idx_path):
             fields = line.split()
             if len(fields) != 2 or not (fields[0].isdigit() and fields[1].isdigit()):
                 raise RecordIOError(f"{idx_path}: line {line_number} is not 'key<TAB>offset': {line.rstrip()!r}")
-            index[int(fields[0])] = int(fields[1])
-    return index
+            keys.append(int(fields[0]))
+            offsets.append(int(fields[1]))
+    return np.array(keys, np.int64), np.array(offsets, np.int64)
+
+
+def read_idx_arrays(idx_path):
+    """Read an `.idx` file into `(keys, byte offsets)`, two int64 arrays (N,) in the file's order: parsed by
+    numpy (16 bytes a record in memory), the file read line by line only to name a bad line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy's warning about an empty file
+            table = np.loadtxt(idx_path, dtype=np.int64, comments=None, ndmin=2, encoding="ascii")
+    except ValueError:
+        table = None
+    if table is None or table.shape[1] != 2 or np.any(table < 0):
+        return _parse_idx_lines(idx_path)
+    return table[:, 0].copy(), table[:, 1].copy()
+
+
+def read_idx(idx_path):
+    """Read an `.idx` file into a dict `{key: byte offset}` (both ints), keeping the file's order."""
+    keys, offsets = read_idx_arrays(idx_path)
+    return dict(zip(keys.tolist(), offsets.tolist(), strict=True))
 
 
 def read_record_at(file, offset, rec_path="<rec>"):
@@ -125,7 +147,10 @@ class RecordIOReader:
         self.file = open(self.rec_path, "rb")  # noqa: SIM115 (closed by close() / __exit__)
         self.size = os.path.getsize(self.rec_path)
         try:
-            self.index = read_idx(self.idx_path) if os.path.isfile(self.idx_path) else self._scan_offsets()
+            found = read_idx_arrays(self.idx_path) if os.path.isfile(self.idx_path) else self._scan_offsets()
+            self.key_array, self.offsets = found
+            self._dense = np.array_equal(self.key_array, np.arange(len(self.key_array)))
+            self._sorted = None if self._dense else np.argsort(self.key_array, kind="stable")
             if strict:
                 self._check_offsets()
         except Exception:
@@ -134,15 +159,16 @@ class RecordIOReader:
 
     def _check_offsets(self):
         """Raise `RecordIOError` for the first `.idx` offset at or past the end of the `.rec`."""
-        for key, offset in self.index.items():
-            if offset >= self.size:
-                raise RecordIOError(_beyond_the_end(self.idx_path, key, offset, self.rec_path, self.size))
+        beyond = np.flatnonzero(self.offsets >= self.size)
+        if beyond.size:
+            key, offset = int(self.key_array[beyond[0]]), int(self.offsets[beyond[0]])
+            raise RecordIOError(_beyond_the_end(self.idx_path, key, offset, self.rec_path, self.size))
 
     def _scan_offsets(self):
         """Walk the whole `.rec` once and number its records 0, 1, 2, ... (used when there is no `.idx`)."""
-        offsets, position = {}, 0
+        offsets, position = [], 0
         while position < self.size:
-            offsets[len(offsets)] = position
+            offsets.append(position)
             try:
                 _, position = read_record_at(self.file, position, self.rec_path)
             except RecordIOError as error:
@@ -150,18 +176,29 @@ class RecordIOReader:
                     raise
                 logger.warning("%s (records after it cannot be found without an .idx file)", error)
                 break
-        return offsets
+        return np.arange(len(offsets), dtype=np.int64), np.array(offsets, np.int64)
 
     @property
     def keys(self):
-        """The record keys in file order."""
-        return list(self.index)
+        """The record keys in file order (a list)."""
+        return self.key_array.tolist()
+
+    def offsets_of(self, keys):
+        """The byte offsets (N,) int64 of the records `keys` (N,); KeyError naming the first unknown key."""
+        keys = np.asarray(keys, np.int64).reshape(-1)
+        if self._dense:  # keys 0, 1, 2, ... in order (insightface's files): a key is its position
+            places, known = np.clip(keys, 0, max(len(self.offsets) - 1, 0)), (keys >= 0) & (keys < len(self.offsets))
+        else:
+            sorted_keys = self.key_array[self._sorted]
+            places = self._sorted[np.minimum(np.searchsorted(sorted_keys, keys), max(len(sorted_keys) - 1, 0))]
+            known = self.key_array[places] == keys if len(sorted_keys) else np.zeros(len(keys), bool)
+        if not np.all(known):
+            raise KeyError(f"{self.idx_path}: no record with key {keys[np.argmin(known)]}")
+        return self.offsets[places]
 
     def read(self, key):
         """The payload bytes of record `key`."""
-        if key not in self.index:
-            raise KeyError(f"{self.idx_path}: no record with key {key}")
-        offset = self.index[key]
+        offset = int(self.offsets_of([key])[0])
         if offset >= self.size:
             raise RecordIOError(_beyond_the_end(self.idx_path, key, offset, self.rec_path, self.size))
         payload, _ = read_record_at(self.file, offset, self.rec_path)

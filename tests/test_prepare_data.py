@@ -8,6 +8,7 @@ from test_recordio import fake_jpeg, write_insightface_rec
 
 import data
 import prepare_data
+import tfrecords
 
 
 def test_cli_converts_with_limit_then_resumes(tmp_path, capsys):
@@ -110,36 +111,37 @@ def test_json_negative_and_nan_labels_are_reported_with_their_key(tmp_path):
     assert report.written == 1 and report.classes == 1
 
 
-def test_json_final_tfrecord_is_replaced_atomically(tmp_path, monkeypatch):
+def test_json_shard_is_written_atomically_and_a_rerun_finishes_the_others(tmp_path, monkeypatch):
     import tensorflow as tf
 
     root = tmp_path / "images"
-    write_face_images(root, ["a.png", "b.png", "c.png"])
-    (tmp_path / "list.json").write_text(f'{{"a.png": {entry(0)}, "b.png": {entry(1)}, "c.png": {entry(1)}}}')
+    write_face_images(root, ["a.png", "b.png", "c.png", "d.png"])
+    (tmp_path / "list.json").write_text("{" + ", ".join(f'"{name}": {entry(index % 2)}' for index, name in
+                                                        enumerate(["a.png", "b.png", "c.png", "d.png"])) + "}")
     output = tmp_path / "out" / "faces.tfrecord"
-    output.parent.mkdir()
-    output.write_bytes(b"the previous run's complete file")
-    real_writer = tf.io.TFRecordWriter
+    real_writer, writers = tf.io.TFRecordWriter, []
 
-    class KilledWhileWritingTheFinalFile(real_writer):
-        """A TFRecord writer that dies after one record of any file but the staging (.part) files."""
+    class KilledWhileWritingTheSecondShard(real_writer):
+        """A TFRecord writer that dies after one record of the second file it writes."""
 
         def __init__(self, path, *arguments):
             super().__init__(path, *arguments)
-            self.final, self.records = not str(path).endswith(".part"), 0
+            writers.append(path)
+            self.records = 0
 
         def write(self, record):
-            if self.final and self.records == 1:
+            if len(writers) == 2 and self.records == 1:
                 raise RuntimeError("simulated kill")
             super().write(record)
             self.records += 1
 
-    monkeypatch.setattr(tf.io, "TFRecordWriter", KilledWhileWritingTheFinalFile)
+    monkeypatch.setattr(tfrecords, "CRC32C", None)  # write through tf.io.TFRecordWriter, made to fail here
+    monkeypatch.setattr(tf.io, "TFRecordWriter", KilledWhileWritingTheSecondShard)
     with pytest.raises(RuntimeError, match="simulated kill"):
-        prepare_data.json_to_tfrecord(tmp_path / "list.json", root, output, size=16)
-    assert output.read_bytes() == b"the previous run's complete file"
-    assert sorted(os.listdir(output.parent)) == ["faces.tfrecord"]
+        prepare_data.json_to_tfrecord(tmp_path / "list.json", root, output, size=16, shards=2)
+    assert sorted(os.listdir(output.parent)) == ["faces-00000-of-00002.tfrecord"]  # no partial or temporary file
     monkeypatch.setattr(tf.io, "TFRecordWriter", real_writer)
-    paths, report = prepare_data.json_to_tfrecord(tmp_path / "list.json", root, output, size=16)
-    assert paths == [str(output)] and report.written == 3
-    assert data.read_tfrecord_dataset(output)[1:] == (3, 2)
+    paths, report = prepare_data.json_to_tfrecord(tmp_path / "list.json", root, output, size=16, shards=2)
+    assert [os.path.basename(path) for path in paths] == ["faces-00000-of-00002.tfrecord",
+                                                          "faces-00001-of-00002.tfrecord"]
+    assert report.written == 4 and data.read_tfrecord_dataset(output.parent / "faces-*-of-00002.tfrecord")[1:] == (4, 2)

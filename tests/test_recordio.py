@@ -17,6 +17,7 @@ from recordio import (
     encode_record,
     pack,
     read_idx,
+    read_idx_arrays,
     unpack,
     write_indexed_recordio,
 )
@@ -227,3 +228,26 @@ def test_many_bad_records_list_the_first_ones_and_count_all(tmp_path, caplog):
     assert sum("is not a non-negative integer" in message for message in messages) == prepare_data.MAX_LISTED_RECORDS
     assert any("the others are only counted" in message for message in messages)
     assert f"{count} unreadable records skipped" in caplog.text
+
+
+def test_index_arrays_and_offsets_of_keys(tmp_path):
+    rec_path, idx_path = write_insightface_rec(tmp_path, [(0.0, fake_jpeg(1)), (1.0, fake_jpeg(2))])
+    keys, offsets = read_idx_arrays(idx_path)
+    assert keys.tolist() == [0, 1, 2] and read_idx(idx_path) == dict(zip([0, 1, 2], offsets.tolist(), strict=True))
+    with RecordIOReader(rec_path) as reader:  # keys 0, 1, 2: dense
+        assert reader.offsets_of([2, 0]).tolist() == [offsets[2], offsets[0]]
+        with pytest.raises(KeyError, match="no record with key 3"):
+            reader.offsets_of([1, 3])
+    with open(idx_path, "w") as idx:  # sparse keys out of order, a blank line
+        idx.write(f"7\t{offsets[1]}\n\n3\t{offsets[2]}\n0\t{offsets[0]}\n")
+    with RecordIOReader(rec_path) as reader:
+        assert reader.keys == [7, 3, 0]
+        assert reader.offsets_of([0, 3, 7]).tolist() == [offsets[0], offsets[2], offsets[1]]
+        assert unpack(reader.read(3))[1] == fake_jpeg(2)
+        with pytest.raises(KeyError, match="no record with key 5"):
+            reader.read(5)
+    for bad_line in ("8 x", "-1\t4", "9\t4\t5"):
+        with open(idx_path, "w") as idx:
+            idx.write(f"7\t{offsets[1]}\n\n3\t{offsets[2]}\n0\t{offsets[0]}\n{bad_line}\n")
+        with pytest.raises(RecordIOError, match=r"train\.idx: line 5 is not 'key<TAB>offset'"):
+            read_idx_arrays(idx_path)

@@ -740,8 +740,12 @@ def stop_distributed_runs(runs):
             process.communicate()
 
 
-@pytest.fixture(scope="module", params=[(None, False), (0.5, False), (1.0, True)],
-                ids=["full head", "partial fc 0.5", "model-parallel partial fc"])
+@pytest.fixture(scope="module", params=[
+    pytest.param((None, False), id="full head"),
+    pytest.param((0.5, False), id="partial fc 0.5"),
+    # the sharded head is also compared with single-device training in tests/test_partial_fc_sharded.py (in CI)
+    pytest.param((1.0, True), id="model-parallel partial fc", marks=pytest.mark.extended),
+])
 def distributed_runs(data_dirs, tmp_path_factory, request):
     """The distributed runs on the four-class folder with the full head, with Partial FC (`sample_rate`), and with
     the class centres sharded over the replicas (`model_parallel`)."""
