@@ -30,6 +30,7 @@ import keras
 from keras import layers, ops
 
 import backbones
+import fused_ops
 import heads
 import keras_compat
 import model_files
@@ -124,7 +125,7 @@ def pointwise_block(inputs, add_pointwise_conv, activation, bn_momentum, bn_epsi
     else:
         filters = int(add_pointwise_conv)
     nn = layers.Conv2D(filters, 1, use_bias=False, padding="valid", name="pw_conv")(inputs)
-    nn = layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="pw_bn")(nn)
+    nn = fused_ops.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="pw_bn")(nn)
     return backbones.activation_layer(nn, activation, "pw_")
 
 
@@ -139,7 +140,7 @@ def gdc_head(inputs, emb_shape, dropout, use_bias, bn_momentum, bn_epsilon):
     if None in kernel_size:
         raise ValueError("The GDC head needs a static feature-map size; give buildin_models a full input_shape")
     nn = layers.DepthwiseConv2D(kernel_size, use_bias=False, name="GDC_dw")(inputs)
-    nn = layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="GDC_batchnorm")(nn)
+    nn = fused_ops.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="GDC_batchnorm")(nn)
     nn = maybe_dropout(nn, dropout, "GDC_dropout")
     nn = layers.Conv2D(emb_shape, 1, use_bias=use_bias, kernel_initializer="glorot_normal", name="GDC_conv")(nn)
     return layers.Flatten(name="GDC_flatten")(nn)
@@ -147,7 +148,7 @@ def gdc_head(inputs, emb_shape, dropout, use_bias, bn_momentum, bn_epsilon):
 
 def e_head(inputs, emb_shape, dropout, use_bias, bn_momentum, bn_epsilon):
     """E: BN -> [dropout] -> flatten -> dense to ``emb_shape`` (the Keras_insightface ResNet head)."""
-    nn = layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="E_batchnorm")(inputs)
+    nn = fused_ops.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="E_batchnorm")(inputs)
     nn = maybe_dropout(nn, dropout, "E_dropout")
     nn = layers.Flatten(name="E_flatten")(nn)
     return layers.Dense(emb_shape, use_bias=use_bias, kernel_initializer="glorot_normal", name="E_dense")(nn)
@@ -155,7 +156,7 @@ def e_head(inputs, emb_shape, dropout, use_bias, bn_momentum, bn_epsilon):
 
 def gap_head(inputs, emb_shape, dropout, use_bias, bn_momentum, bn_epsilon):
     """GAP: BN -> global average pooling -> [dropout] -> dense to ``emb_shape``."""
-    nn = layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="GAP_batchnorm")(inputs)
+    nn = fused_ops.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="GAP_batchnorm")(inputs)
     nn = layers.GlobalAveragePooling2D(name="GAP_pool")(nn)
     nn = maybe_dropout(nn, dropout, "GAP_dropout")
     return layers.Dense(emb_shape, use_bias=use_bias, kernel_initializer="glorot_normal", name="GAP_dense")(nn)
@@ -163,7 +164,8 @@ def gap_head(inputs, emb_shape, dropout, use_bias, bn_momentum, bn_epsilon):
 
 def gnap_head(inputs, emb_shape, dropout, use_bias, bn_momentum, bn_epsilon):
     """GNAP: BN without scale -> global norm-aware pooling -> [dropout] -> dense to ``emb_shape``."""
-    nn = layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, scale=False, name="GNAP_batchnorm")(inputs)
+    nn = fused_ops.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, scale=False,
+                                      name="GNAP_batchnorm")(inputs)
     nn = GlobalNormAwarePooling(name="GNAP_pool")(nn)
     nn = maybe_dropout(nn, dropout, "GNAP_dropout")
     return layers.Dense(emb_shape, use_bias=use_bias, kernel_initializer="glorot_normal", name="GNAP_dense")(nn)
@@ -212,7 +214,7 @@ def buildin_models(
     if add_pointwise_conv:
         nn = pointwise_block(nn, add_pointwise_conv, pointwise_conv_act, bn_momentum, bn_epsilon)
     nn = OUTPUT_LAYERS[output_layer](nn, emb_shape, dropout, use_bias, bn_momentum, bn_epsilon)
-    nn = layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, scale=scale, name="pre_embedding")(nn)
+    nn = fused_ops.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, scale=scale, name="pre_embedding")(nn)
     embedding = layers.Activation("linear", dtype="float32", name="embedding")(nn)
     model = keras.Model(backbone.inputs[0], embedding, name=backbone.name)
     if weights:
@@ -271,14 +273,14 @@ def set_regularizer(layer, weight_attrs, regularizer):
 
 def add_l2_regularizer_2_model(model, weight_decay, custom_objects=None, apply_to_batch_normal=False,
                                apply_to_bias=False):
-    """Add ``L2(weight_decay / 2)`` to the kernels of conv / depthwise / separable / dense layers, in place.
+    """Add ``L2(weight_decay / 2)`` (`fused_ops.L2`) to conv / depthwise / separable / dense kernels, in place.
 
     The halving makes the gradient ``weight_decay * w``, as classic SGD weight decay. With
     ``apply_to_batch_normal``, BN gamma/beta and PReLU alpha are regularised too; with ``apply_to_bias``, biases.
     Trained weights are kept (the original rebuilt the model and lost them). Returns ``model``.
     ``custom_objects`` is accepted for compatibility and unused.
     """
-    regularizer = keras.regularizers.L2(weight_decay / 2)
+    regularizer = fused_ops.L2(weight_decay / 2)
     for layer in iterate_layers(model):
         if not layer.trainable:
             continue

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import keras
 from keras import layers, ops
 
+import fused_ops
+
 
 def conv_kernel_initializer():
     """He initialisation (fan_out, truncated normal) for one convolution kernel: a new initializer per layer, so that
@@ -142,7 +144,7 @@ class GhostNetBuilder:
 
     def batchnorm(self, inputs, name, activation=None):
         """BatchNormalization (``<name>bn``) followed by an optional activation (``<name><act>``)."""
-        nn = layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name + "bn")(inputs)
+        nn = fused_ops.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name + "bn")(inputs)
         return activation_layer(nn, activation, name) if activation else nn
 
     @property

@@ -171,3 +171,18 @@ def test_conv_kernels_are_drawn_per_layer_and_follow_the_seed():
         by_shape.setdefault(kernel.shape, []).append(kernel)
     same_shape = next(kernels for kernels in by_shape.values() if len(kernels) > 1)
     assert not np.array_equal(same_shape[0], same_shape[1])  # layers of one shape draw different values
+
+
+@pytest.mark.parametrize("key", ["v1_w1.3_s1_bias", "v2_w1.3_s1"])
+def test_published_models_use_the_fused_batch_norm_and_l2(published_models, key):
+    import fused_ops
+
+    model = published_models[key]
+    batch_norms = [layer for layer in GhostFaceNets.iterate_layers(model)
+                   if isinstance(layer, layers.BatchNormalization)]
+    assert len(batch_norms) > 80
+    assert all(type(layer) is fused_ops.BatchNormalization for layer in batch_norms)
+    assert {layer.__class__.__name__ for layer in batch_norms} == {"BatchNormalization"}  # weight-file keys unchanged
+    regularizers = [layer.kernel_regularizer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    assert regularizers and all(type(regularizer) is fused_ops.L2 for regularizer in regularizers)
+    assert regularizers[0].l2 == pytest.approx(2.5e-4)
