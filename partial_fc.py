@@ -48,12 +48,16 @@ def positive_class_mask(labels, classes):
     return counts > 0
 
 
-def sample_classes(positive_mask, num_sample, seed):
+def sample_classes(positive_mask, num_sample, seed, valid=None):
     """Sorted int32 class indices of one step: every class of `positive_mask` ((classes,) bool) plus uniformly
-    drawn others, `max(num_sample, positives)` in all, drawn from the stateless `seed` ((2,) int)."""
+    drawn others, `max(num_sample, positives)` in all, drawn from the stateless `seed` ((2,) int). With `valid`
+    (int scalar), only the first `valid` classes can be drawn (a padded shard) and at most `valid` are."""
     scores = tf.random.stateless_uniform(tf.shape(positive_mask), seed)  # in [0, 1)
+    if valid is not None:
+        scores = tf.where(tf.range(tf.size(positive_mask)) < valid, scores, -1.0)
     scores = tf.where(positive_mask, 2.0, scores)
     count = tf.maximum(num_sample, tf.reduce_sum(tf.cast(positive_mask, tf.int32)))
+    count = count if valid is None else tf.minimum(count, valid)
     return tf.sort(tf.math.top_k(scores, count, sorted=False).indices)
 
 

@@ -209,11 +209,8 @@ def shard_sample(head, labels, replica, seed):
     local = tf.cast(labels, tf.int32) - first
     local = tf.boolean_mask(local, tf.logical_and(local >= 0, local < head.shard_classes))
     positive = tf.math.bincount(local, minlength=head.shard_classes, maxlength=head.shard_classes) > 0
-    scores = tf.random.stateless_uniform([head.shard_classes], seed)
-    scores = tf.where(positive, 2.0, tf.where(tf.range(head.shard_classes) < valid, scores, -1.0))
     wanted = tf.maximum(tf.cast(tf.cast(valid, tf.float32) * head.sample_rate, tf.int32), 1)
-    count = tf.minimum(tf.maximum(wanted, tf.reduce_sum(tf.cast(positive, tf.int32))), valid)
-    return tf.sort(tf.math.top_k(scores, count, sorted=False).indices)
+    return partial_fc.sample_classes(positive, wanted, seed, valid)
 
 
 def shard_targets(labels, class_ids, first_class):
