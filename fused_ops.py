@@ -8,8 +8,12 @@
   of models built with it keep the layout of plain Keras models and load into either.
 - `L2`: Keras 3's L2 regulariser is three ops per kernel (square, sum, multiply); this one is
   ``2 · l2 · tf.nn.l2_loss(x)``, the same value from TensorFlow's one ``L2Loss`` op and a multiply.
+- `SGD`, `Adam`, `AdamW`: Keras 3 optimizers whose per-variable update is TensorFlow's one fused kernel
+  (``ResourceApplyKerasMomentum``, ``ResourceApplyAdam``: the kernels tf-keras used) instead of 6–12 separate
+  ops, with the same formulas. `use_fused_update` turns a plain Keras optimizer object into its fused class in
+  place (same object, same state), which is how `train.Train` uses them.
 
-Both are registered (package ``keras_insightface``), so saved models rebuild them; models saved with the plain
+All are registered (package ``keras_insightface``), so saved models rebuild them; models saved with the plain
 Keras classes still load (same weights, same config keys).
 """
 
@@ -18,6 +22,8 @@ import runtime_setup  # noqa: F401  (TensorFlow settings that must precede its i
 # isort: split
 import keras
 import tensorflow as tf
+
+import keras_compat
 
 
 def fused_batch_norm_training(inputs, gamma, beta, epsilon):
@@ -37,8 +43,17 @@ def fused_batch_norm_training(inputs, gamma, beta, epsilon):
     outputs, mean, corrected_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
         x=inputs, scale=gamma, offset=beta, mean=tf.zeros([0]), variance=tf.zeros([0]), epsilon=epsilon,
         data_format="NHWC", is_training=True)
-    count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
-    return outputs, mean, corrected_variance * ((count - 1.0) / count)
+    return outputs, mean, corrected_variance * variance_correction(inputs)
+
+
+def variance_correction(inputs):
+    """``(n − 1) / n`` for the ``n = N·H·W`` values per channel of NHWC ``inputs``: a Python float when the shape
+    is static (no graph ops), else a float32 scalar tensor."""
+    if None not in inputs.shape[:3]:
+        count = float(inputs.shape[0] * inputs.shape[1] * inputs.shape[2])
+    else:
+        count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
+    return (count - 1.0) / count
 
 
 @keras.saving.register_keras_serializable(package="keras_insightface")
@@ -75,3 +90,89 @@ class L2(keras.regularizers.L2):
     def __call__(self, x):
         """The penalty ``l2 · sum(x²)`` of weight ``x`` (any shape), a scalar."""
         return tf.nn.l2_loss(x) * (2.0 * self.l2)
+
+
+def fusable_update(gradient, variable):
+    """True when a fused TensorFlow kernel can apply ``gradient`` to ``variable``: the TensorFlow backend, a dense
+    gradient (not `tf.IndexedSlices`) and a floating-point variable."""
+    return (keras.backend.backend() == "tensorflow" and not isinstance(gradient, tf.IndexedSlices)
+            and variable.dtype.is_floating)
+
+
+def resource_handle(variable):
+    """The resource handle of a Keras or TensorFlow variable (the current device's copy inside a
+    `tf.distribute` update)."""
+    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
+
+
+@keras.saving.register_keras_serializable(package="keras_insightface")
+class SGD(keras.optimizers.SGD):
+    """`keras.optimizers.SGD` whose momentum update is one ``ResourceApplyKerasMomentum`` op per variable:
+    ``m = momentum · m − lr · g``, then ``w += m`` (Nesterov: ``w += momentum · m − lr · g``), Keras 3's formulas.
+    Without momentum, or for a sparse gradient, the update is Keras' own."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Apply ``gradient`` (the variable's shape) to ``variable`` at ``learning_rate``."""
+        if self.momentum == 0 or not fusable_update(gradient, variable):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        momentum = keras_compat.optimizer_slots(self, variable)["momentum"]
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=resource_handle(variable), accum=resource_handle(momentum), lr=tf.cast(learning_rate, dtype),
+            grad=tf.cast(gradient, dtype), momentum=tf.cast(self.momentum, dtype), use_nesterov=self.nesterov)
+
+
+def fused_adam_step(optimizer, gradient, variable, learning_rate):
+    """One ``ResourceApplyAdam`` op: Keras 3's Adam update of ``variable`` (``m += (g − m)(1 − β1)``,
+    ``v += (g² − v)(1 − β2)``, ``w −= α · m / (√v + ε)`` with ``α = lr · √(1 − β2ᵗ) / (1 − β1ᵗ)``)."""
+    dtype = variable.dtype
+    slots = keras_compat.optimizer_slots(optimizer, variable)
+    step = tf.cast(optimizer.iterations + 1, dtype)
+    beta_1, beta_2 = tf.cast(optimizer.beta_1, dtype), tf.cast(optimizer.beta_2, dtype)
+    tf.raw_ops.ResourceApplyAdam(
+        var=resource_handle(variable), m=resource_handle(slots["momentum"]), v=resource_handle(slots["velocity"]),
+        beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step), lr=tf.cast(learning_rate, dtype),
+        beta1=beta_1, beta2=beta_2, epsilon=tf.cast(optimizer.epsilon, dtype), grad=tf.cast(gradient, dtype),
+        use_nesterov=False)
+
+
+@keras.saving.register_keras_serializable(package="keras_insightface")
+class Adam(keras.optimizers.Adam):
+    """`keras.optimizers.Adam` whose update is one ``ResourceApplyAdam`` op per variable (`fused_adam_step`);
+    with ``amsgrad`` or a sparse gradient, Keras' own."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Apply ``gradient`` (the variable's shape) to ``variable`` at ``learning_rate``."""
+        if self.amsgrad or not fusable_update(gradient, variable):
+            return super().update_step(gradient, variable, learning_rate)
+        fused_adam_step(self, gradient, variable, learning_rate)
+
+
+@keras.saving.register_keras_serializable(package="keras_insightface")
+class AdamW(keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` with `Adam`'s fused update; the decoupled weight decay is applied by Keras before
+    it, as in the plain class."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Apply ``gradient`` (the variable's shape) to ``variable`` at ``learning_rate``."""
+        if self.amsgrad or not fusable_update(gradient, variable):
+            return super().update_step(gradient, variable, learning_rate)
+        fused_adam_step(self, gradient, variable, learning_rate)
+
+
+FUSED_OPTIMIZERS = {keras.optimizers.SGD: SGD, keras.optimizers.Adam: Adam, keras.optimizers.AdamW: AdamW}
+
+
+def use_fused_update(optimizer):
+    """Give a plain Keras `SGD`, `Adam` or `AdamW` object (or the inner optimizer of a `LossScaleOptimizer`) the
+    fused update of this module, in place: its class becomes the fused subclass, which adds no state, so the
+    object, its variables and every reference to it stay as they are. Other optimizers are left alone.
+
+    Returns:
+        ``optimizer``.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    fused_class = FUSED_OPTIMIZERS.get(type(inner))
+    if fused_class is not None:
+        inner.__class__ = fused_class
+    return optimizer

@@ -46,6 +46,7 @@ import tensorflow as tf
 import atomic_io
 import data
 import evals
+import fused_ops
 import GhostFaceNets
 import keras_compat
 import losses
@@ -119,8 +120,9 @@ def optimizer_for(optimizer, model):
     """An optimizer ready for `model`: a string or object as given, unless it was already built for other
     variables (a rebuilt head, a frozen backbone): then a copy of its configuration built for the model's
     trainable variables, carrying over the iteration count, the learning rate and the slots (momentum...) of
-    every variable it already had (a Keras 3 optimizer cannot add variables once built)."""
-    optimizer = keras.optimizers.get(optimizer)
+    every variable it already had (a Keras 3 optimizer cannot add variables once built). A plain Keras SGD, Adam
+    or AdamW gets the fused per-variable update of `fused_ops` (same object, same formulas)."""
+    optimizer = fused_ops.use_fused_update(keras.optimizers.get(optimizer))
     if not optimizer.built:
         return optimizer
     inner = getattr(optimizer, "inner_optimizer", optimizer)

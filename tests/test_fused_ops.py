@@ -2,6 +2,13 @@
 replace (outputs, moving statistics, gradients, weights after SGD steps), keep the file layout, and shrink the
 traced training step."""
 
+import contextlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -12,6 +19,7 @@ import GhostFaceNets
 import training_heads
 
 SMALL_INPUT = (32, 32, 3)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_ghostfacenet(weight_decay=5e-4, input_shape=SMALL_INPUT, **kwargs):
@@ -82,6 +90,19 @@ def test_training_outputs_moving_statistics_and_gradients_equal_keras(shape):
         np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(fused.moving_variance.numpy(), plain.moving_variance.numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(fused.moving_mean.numpy(), batch_norm_pair(shape, rng)[0].moving_mean.numpy())
+
+
+def test_unknown_batch_size_gives_the_static_shape_result():
+    """Traced with a None batch dimension, the variance correction is computed in the graph: same values."""
+    rng = np.random.default_rng(7)
+    inputs = rng.normal(0.5, 2.0, (6, 3, 3, 4)).astype("float32")
+    static, dynamic = batch_norm_pair(inputs.shape, rng)
+    dynamic.set_weights(static.get_weights())
+    traced = tf.function(lambda x: dynamic(x, training=True),
+                         input_signature=[tf.TensorSpec((None, 3, 3, 4), tf.float32)])
+    np.testing.assert_allclose(traced(inputs).numpy(), static(inputs, training=True).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dynamic.moving_variance.numpy(), static.moving_variance.numpy(), rtol=1e-6)
+    assert not np.allclose(static.moving_variance.numpy(), batch_norm_pair(inputs.shape, rng)[0].moving_variance)
 
 
 def test_single_value_per_channel_gives_zero_variance_update():
@@ -223,3 +244,131 @@ def test_traced_training_step_has_far_fewer_ops(small_model):
     fused_ops_count = traced_step_operations(small_model)
     plain_ops_count = traced_step_operations(plain_twin(small_model))
     assert fused_ops_count < 0.75 * plain_ops_count, (fused_ops_count, plain_ops_count)
+
+
+OPTIMIZER_SETTINGS = {
+    "sgd momentum": (keras.optimizers.SGD, {"learning_rate": 0.01, "momentum": 0.9}),
+    "sgd nesterov": (keras.optimizers.SGD, {"learning_rate": 0.01, "momentum": 0.9, "nesterov": True}),
+    "sgd no momentum": (keras.optimizers.SGD, {"learning_rate": 0.01}),
+    "adam": (keras.optimizers.Adam, {"learning_rate": 1e-3}),
+    "adamw": (keras.optimizers.AdamW, {"learning_rate": 1e-3, "weight_decay": 0.05}),
+    "adam amsgrad": (keras.optimizers.Adam, {"learning_rate": 1e-3, "amsgrad": True}),
+}
+
+
+def dense_model(seed):
+    """A two-layer dense model (8 → 6 → 3), seeded."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(6, activation="tanh")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3)(hidden))
+
+
+def weights_after_steps(optimizer, steps=4, strategy=None, jit_compile=False):
+    """Weights and optimizer variables of `dense_model(0)` after `steps` full-batch fit steps of an MSE loss
+    (compiled with XLA when `jit_compile`)."""
+    rng = np.random.default_rng(6)
+    features = rng.normal(size=(8, 8)).astype("float32")
+    targets = rng.normal(size=(8, 3)).astype("float32")
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = dense_model(0)
+        model.compile(optimizer=optimizer, loss="mse", jit_compile=jit_compile)
+    model.fit(features, targets, batch_size=8, epochs=steps, shuffle=False, verbose=0)
+    return [variable.numpy() for variable in model.weights + optimizer.variables]
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZER_SETTINGS))
+def test_fused_optimizers_give_the_weights_and_slots_of_keras(name):
+    optimizer_class, config = OPTIMIZER_SETTINGS[name]
+    fused = fused_ops.use_fused_update(optimizer_class(**config))
+    assert type(fused) is fused_ops.FUSED_OPTIMIZERS[optimizer_class]
+    plain_values = weights_after_steps(optimizer_class(**config))
+    fused_values = weights_after_steps(fused)
+    start = [weight.numpy() for weight in dense_model(0).weights]
+    # SGD: the kernel evaluates Keras' expressions in the same order, so the weights are bitwise equal; Adam's
+    # kernel rounds its bias correction differently (1 ulp).
+    tolerance = {"rtol": 0, "atol": 0} if optimizer_class is keras.optimizers.SGD else {"rtol": 1e-6, "atol": 1e-7}
+    for fused_value, plain_value in zip(fused_values, plain_values, strict=True):
+        np.testing.assert_allclose(fused_value, plain_value, **tolerance)
+    assert max(np.abs(a - b).max() for a, b in zip(fused_values, start, strict=False)) > 1e-3
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+    import tensorflow as tf
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    import fused_ops
+    import test_fused_ops as t
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    result = {}
+    for name in ("sgd nesterov", "adamw"):
+        optimizer_class, config = t.OPTIMIZER_SETTINGS[name]
+        with strategy.scope():
+            fused = fused_ops.use_fused_update(optimizer_class(**config))
+        result[name] = {
+            "mirrored fused": [v.tolist() for v in t.weights_after_steps(fused, strategy=strategy)],
+            "single plain": [v.tolist() for v in t.weights_after_steps(optimizer_class(**config))],
+        }
+    print(json.dumps(result))
+    """
+)
+
+
+def test_fused_update_under_mirrored_strategy_equals_single_device():
+    """Two logical CPUs (a subprocess: the device split must precede TensorFlow's start)."""
+    completed = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(REPO_ROOT)], capture_output=True,
+                               text=True, timeout=600, check=True)
+    for name, runs in json.loads(completed.stdout.strip().splitlines()[-1]).items():
+        for fused_value, single_value in zip(runs["mirrored fused"], runs["single plain"], strict=True):
+            np.testing.assert_allclose(fused_value, single_value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["sgd momentum", "adamw"])
+def test_fused_update_compiles_with_xla(name):
+    optimizer_class, config = OPTIMIZER_SETTINGS[name]
+    fused = weights_after_steps(fused_ops.use_fused_update(optimizer_class(**config)), jit_compile=True)
+    plain = weights_after_steps(optimizer_class(**config), jit_compile=True)
+    for fused_value, plain_value in zip(fused, plain, strict=True):
+        np.testing.assert_allclose(fused_value, plain_value, rtol=1e-6, atol=1e-7)
+
+
+def test_use_fused_update_keeps_the_object_and_skips_others():
+    sgd = keras.optimizers.SGD(0.1, momentum=0.9)
+    assert fused_ops.use_fused_update(sgd) is sgd and isinstance(sgd, fused_ops.SGD)
+    scaled = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam())
+    fused_ops.use_fused_update(scaled)
+    assert type(scaled.inner_optimizer) is fused_ops.Adam
+    rmsprop = keras.optimizers.RMSprop()
+    assert type(fused_ops.use_fused_update(rmsprop)) is keras.optimizers.RMSprop
+
+
+def test_fused_optimizer_config_round_trips():
+    sgd = fused_ops.use_fused_update(keras.optimizers.SGD(0.05, momentum=0.8, nesterov=True))
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(sgd))
+    assert type(restored) is fused_ops.SGD
+    assert (restored.momentum, restored.nesterov) == (0.8, True)
+    assert float(restored.learning_rate) == pytest.approx(0.05)
+
+
+def traced_update_operations(optimizer, model):
+    """Number of graph ops of one traced `optimizer.apply` on `model`'s trainable variables (gradients of ones)."""
+    optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def apply():
+        optimizer.apply([tf.ones_like(v) for v in model.trainable_variables], model.trainable_variables)
+
+    return len(apply.get_concrete_function().graph.get_operations())
+
+
+def test_fused_update_traces_far_fewer_ops(small_model):
+    plain = traced_update_operations(keras.optimizers.SGD(0.1, momentum=0.9), small_model)
+    fused = traced_update_operations(fused_ops.use_fused_update(keras.optimizers.SGD(0.1, momentum=0.9)),
+                                     small_model)
+    assert fused < 0.6 * plain, (fused, plain)
