@@ -13,8 +13,10 @@ a `.keras` / `.h5` file, `.onnx` (onnxruntime; NCHW inputs detected), `.tflite` 
 one gives an ImportError naming the model file and the package.
 
 `embed_images(runner, images, flip=True)` computes `emb(x) + emb(flip_left_right(x))` (or `emb(x)` without flip)
-in batches; `embed_dataset` does it for a batched `tf.data` dataset. Evaluation, inference and export all embed
-through these.
+in batches, the flipped images in the same runner call as the images (one pass over ``[x, flip(x)]``);
+`embed_dataset` does it for a batched `tf.data` dataset. Evaluation, inference and export all embed through
+these. The Keras runner runs the model with its batch normalisation folded into the convolutions
+(`bn_folding`), equal to the unfolded model to float rounding.
 """
 
 import importlib
@@ -27,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from bn_folding import BatchNormFold
 from GhostFaceNets import embedding_model, load_model
 from preprocess import normalize
 
@@ -93,28 +96,62 @@ def in_fixed_batches(run, batch, fixed_batch):
 
 class KerasRunner:
     """Runs the embedding part of a Keras model (`GhostFaceNets.embedding_model`) in inference mode
-    (`training=False`) through one traced `tf.function` (attribute `function`: 0..255 float32 batch → float32
-    embeddings, normalisation inside)."""
+    (`training=False`), with its batch normalisation folded into the layers before it
+    (`bn_folding.BatchNormFold`), through traced `tf.function`s (0..255 float32 batch → float32 embeddings,
+    normalisation inside): `function` for ``emb(x)``, `flip_function` for ``emb(x) + emb(flip_left_right(x))``
+    in one pass over the 2N batch ``[x, flip(x)]``.
+
+    Args:
+        model: a Keras model (its embedding part is run).
+        follow_weights: True: the runner embeds with `model`'s weights at the time of each call (a runner kept
+            while `model` trains, as the evaluation callbacks keep one): the folded model shares `model`'s
+            unfolded layers and its folded kernels are recomputed from `model`'s current weights inside every
+            call (about one pass over the weights). False: the weights at construction (a model loaded from a
+            file, which nothing else changes), folded once.
+
+    Attributes:
+        model: the embedding model given.
+        inference_model: the folded model that runs.
+    """
 
     kind = "keras"
 
-    def __init__(self, model):
+    def __init__(self, model, follow_weights=True):
         self.model = embedding_model(model)
         if self.model is not model:
             warnings.warn(f"model {model.name!r} outputs more than its embedding; using its 'embedding' layer",
                           stacklevel=3)
         height, width = self.model.input_shape[1:3]
         self.image_size = (height, width) if height and width else DEFAULT_IMAGE_SIZE
+        self.follow_weights = follow_weights
+        self.fold = BatchNormFold(self.model, share_layers=follow_weights)
+        self.inference_model = self.fold.model
         spec = tf.TensorSpec((None, height, width, 3), tf.float32)
         self.function = tf.function(self.embed_normalized, input_signature=[spec])
+        self.flip_function = tf.function(self.embed_flip_added, input_signature=[spec])
 
     def embed_normalized(self, images):
-        """Embeddings (N, D) float32 tensor of a 0..255 float32 batch: `model(normalize(images))`."""
-        return tf.cast(self.model(normalize(images), training=False), tf.float32)
+        """Embeddings (N, D) float32 tensor of a 0..255 float32 batch: `inference_model(normalize(images))`,
+        after refolding the batch normalisation from `model`'s current weights when following them."""
+        if self.follow_weights:
+            self.fold.refold()
+        return tf.cast(self.inference_model(normalize(images), training=False), tf.float32)
+
+    def embed_flip_added(self, images):
+        """``emb(x) + emb(flip_left_right(x))`` (N, D) float32 tensor of a 0..255 float32 batch (N, H, W, 3),
+        from one call of `function` (its one trace, inlined) on the 2N batch."""
+        count = tf.shape(images)[0]
+        embeddings = self.function(tf.concat([images, tf.reverse(images, axis=[2])], axis=0))
+        return embeddings[:count] + embeddings[count:]
 
     def __call__(self, images):
         images = images if tf.is_tensor(images) else np.asarray(images)
         return np.asarray(self.function(resize_images(images, self.image_size)), dtype=np.float32)
+
+    def flip_added(self, images):
+        """``self(x) + self(flip_left_right(x))``, float32 NumPy (N, D), in one call of `flip_function`."""
+        images = images if tf.is_tensor(images) else np.asarray(images)
+        return np.asarray(self.flip_function(resize_images(images, self.image_size)), dtype=np.float32)
 
 
 class OnnxRunner:
@@ -252,7 +289,7 @@ def load_keras_file(path):
         model = load_model(str(path))
     except Exception as error:  # Keras raises many types for foreign files; all mean "not a model file"
         raise ValueError(f"{path}: cannot be loaded as a Keras model ({type(error).__name__}: {error})") from error
-    return KerasRunner(model)
+    return KerasRunner(model, follow_weights=False)  # the runner holds the only reference to the model
 
 
 def load_runner_file(name, num_threads=None):
@@ -304,6 +341,17 @@ def flip_left_right(images):
     return np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
 
 
+def flip_added_embeddings(runner, batch):
+    """``runner(x) + runner(flip_left_right(x))`` (N, D) float32 of a batch `x` (N, H, W, 3), in one runner call
+    on the 2N batch ``[x, flip(x)]`` (the runner's own `flip_added` when it has one)."""
+    if hasattr(runner, "flip_added"):
+        return runner.flip_added(batch)
+    flipped = flip_left_right(batch)
+    both = tf.concat([batch, flipped], 0) if tf.is_tensor(batch) else np.concatenate([np.asarray(batch), flipped])
+    embeddings = np.asarray(runner(both), dtype=np.float32)
+    return embeddings[:len(embeddings) // 2] + embeddings[len(embeddings) // 2:]
+
+
 def embed_images(runner, images, flip=True, batch_size=None, progress=False, desc="Embedding"):
     """Raw embeddings (N, D) float32 of an RGB 0..255 batch: `runner(x) + runner(flip_left_right(x))` with
     `flip` (the evaluation protocol's flip test), else `runner(x)`.
@@ -325,9 +373,7 @@ def embed_images(runner, images, flip=True, batch_size=None, progress=False, des
     chunks = []
     for start in tqdm(range(0, size, max(step, 1)), desc, disable=not progress):
         batch = images[start:start + step]
-        embeddings = runner(batch)
-        if flip:
-            embeddings = embeddings + runner(flip_left_right(batch))
+        embeddings = flip_added_embeddings(runner, batch) if flip else runner(batch)
         chunks.append(np.asarray(embeddings, dtype=np.float32))
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 

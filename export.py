@@ -86,18 +86,25 @@ def float32_model(model):
 
 
 def inference_function(model, batch_size=None):
-    """``tf.function`` computing ``{"embedding": model(x, training=False)}`` for float32 NHWC ``x``.
+    """``tf.function`` computing ``{"embedding": model(x, training=False)}`` for float32 NHWC ``x``, with
+    ``model``'s batch normalisation folded into the layers before it (`bn_folding.fold_batch_norms`, equal to
+    float rounding), so every exported file holds the folded graph.
 
     Its input signature is ``(batch_size, H, W, 3)`` (None: any batch), named ``input``; traced once and reused by
-    every export of the same model.
+    every export of the same model. The folded model it runs is its attribute ``inference_model``.
     """
     import tensorflow as tf
+
+    from bn_folding import fold_batch_norms
 
     height, width = model.input_shape[1:3]
     if not height or not width:
         raise ValueError(f"model {model.name!r} has no static input size; build it with a full input_shape")
     spec = tf.TensorSpec((batch_size, height, width, 3), tf.float32, name="input")
-    return tf.function(lambda x: {"embedding": model(x, training=False)}, input_signature=[spec])
+    folded = fold_batch_norms(model)
+    function = tf.function(lambda x: {"embedding": folded(x, training=False)}, input_signature=[spec])
+    function.inference_model = folded
+    return function
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -320,8 +327,8 @@ def tflite_converter(model, function, quantization):
     import keras
     import tensorflow as tf
 
-    archive = keras.export.ExportArchive()  # tracks the model's variables for the converter
-    archive.track(model)
+    archive = keras.export.ExportArchive()  # tracks the variables of the model the function runs
+    archive.track(getattr(function, "inference_model", model))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], archive)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization != "float32":

@@ -9,6 +9,8 @@ import functools
 
 import keras
 import tensorflow as tf
+from keras.src import backend as keras_backend
+from keras.src.models.functional import Functional
 
 CHECKED_KERAS_VERSION = "3.15.1"
 
@@ -124,9 +126,52 @@ def symbolic_build(model, data_batch):
     """Create a compiled model's optimizer slots and loss / metric state from `data_batch` (a structure of
     `tf.TensorSpec`, e.g. `dataset.element_spec`), as `fit` does under a distribution strategy.
 
-    Checked on Keras 3.15.1: `Trainer._symbolic_build(iterator=None, data_batch=None)`.
+    Keras' own pre-build runs the whole model symbolically to learn the shapes of its predictions; a built
+    functional model already knows them (`model.output`), so for one the losses, metrics and optimizer are built
+    from those shapes directly (the same state, without a forward pass through every layer). Any other model goes
+    through Keras' pre-build.
+
+    Checked on Keras 3.15.1: `Trainer._symbolic_build(iterator=None, data_batch=None)`, whose steps after the
+    forward pass are `compute_output_spec` of `compute_metrics` and of `_compute_loss` when `_compile_metrics` /
+    `_compile_loss` are not built (`keras.src.backend.compute_output_spec`), `optimizer.build(trainable_variables)`,
+    then `_post_build()`.
     """
-    model._symbolic_build(data_batch=data_batch)
+    y_pred_spec = functional_prediction_spec(model, data_batch)
+    if y_pred_spec is None:
+        model._symbolic_build(data_batch=data_batch)
+        return
+    symbolic_batch = keras.tree.map_structure(symbolic_tensor, data_batch)
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(symbolic_batch)
+    if model._compile_metrics is not None and not model._compile_metrics.built:
+        keras_backend.compute_output_spec(model.compute_metrics, x, y, y_pred_spec, sample_weight=sample_weight)
+    if model._compile_loss is not None and not model._compile_loss.built:
+        keras_backend.compute_output_spec(model._compute_loss, x, y, y_pred_spec, sample_weight=sample_weight,
+                                          training=False)
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    model._post_build()
+
+
+def symbolic_tensor(spec):
+    """A `keras.KerasTensor` of the shape and dtype of `spec` (a `tf.TensorSpec`), None for None."""
+    return None if spec is None else keras.KerasTensor(spec.shape, keras.backend.standardize_dtype(spec.dtype))
+
+
+def functional_prediction_spec(model, data_batch):
+    """`KerasTensor`s shaped as `model`'s predictions for a batch of `data_batch`'s size, or None when `model` is
+    not a built functional model, whose outputs are known (for others only a forward pass tells).
+
+    Checked on Keras 3.15.1: `keras.src.models.functional.Functional`, whose `call` unwraps a one-output list.
+    """
+    if not isinstance(model, Functional) or not model.built:
+        return None
+    inputs = keras.tree.flatten(keras.utils.unpack_x_y_sample_weight(data_batch)[0])
+    batch_size = inputs[0].shape[0] if inputs else None
+    outputs = model.output
+    if isinstance(outputs, list | tuple) and len(outputs) == 1:
+        outputs = outputs[0]  # a functional model's call returns its one output unwrapped
+    return keras.tree.map_structure(
+        lambda output: keras.KerasTensor((batch_size, *output.shape[1:]), output.dtype), outputs)
 
 
 def mean_over_replicas(values, strategy, reduction="auto", keras_reduce=None):

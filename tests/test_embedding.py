@@ -8,6 +8,8 @@ import tensorflow as tf
 from conftest import build_tiny_embedding_model
 
 import embedding
+from bn_folding import count_batch_norms
+from preprocess import normalize
 
 POOL = 8
 
@@ -71,6 +73,64 @@ def test_training_model_is_cut_at_its_embedding_layer(model, images):
     np.testing.assert_allclose(runner(images), embedding.load_runner(model)(images), rtol=1e-6, atol=1e-6)
 
 
+def conv_batch_norm_model():
+    """112x112 → strided Conv2D → BatchNormalization (non-trivial weights) → PReLU → global average pooling →
+    Dense `embedding` (16)."""
+    inputs = keras.Input((112, 112, 3))
+    features = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(8, 3, strides=4, name="conv")(inputs))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.PReLU(shared_axes=[1, 2])(features))
+    model = keras.Model(inputs, keras.layers.Dense(16, name="embedding")(pooled))
+    rng, norm = np.random.default_rng(1), model.get_layer("bn")
+    norm.moving_mean.assign(rng.normal(0.0, 0.5, 8))
+    norm.moving_variance.assign(rng.uniform(0.3, 2.0, 8))
+    norm.gamma.assign(rng.uniform(0.5, 1.5, 8))
+    norm.beta.assign(rng.normal(0.0, 0.3, 8))
+    return model
+
+
+def assert_close(actual, expected, relative=1e-5):
+    """|actual − expected| ≤ `relative` · max |expected| everywhere."""
+    expected = np.asarray(expected, np.float64)
+    assert np.max(np.abs(np.asarray(actual, np.float64) - expected)) <= relative * np.max(np.abs(expected))
+
+
+def test_keras_runner_runs_the_folded_model_with_current_weights(images):
+    model = conv_batch_norm_model()
+    runner = embedding.load_runner(model)
+    assert runner.model is model and count_batch_norms(model) == 1 and count_batch_norms(runner.inference_model) == 0
+    assert_close(runner(images), model(normalize(images), training=False))
+    norm = model.get_layer("bn")
+    norm.moving_mean.assign(np.asarray(norm.moving_mean) + 0.5)  # as training would: the runner follows
+    model.get_layer("conv").kernel.assign(np.asarray(model.get_layer("conv").kernel) * 1.5)
+    changed = model(normalize(images), training=False)
+    assert_close(runner(images), changed)
+    assert runner.function.experimental_get_tracing_count() == 1
+
+
+def test_runner_of_a_model_file_is_folded_once(images, tmp_path):
+    model = conv_batch_norm_model()
+    model.save(tmp_path / "model.keras")
+    runner = embedding.load_runner(tmp_path / "model.keras")
+    assert not runner.follow_weights and count_batch_norms(runner.inference_model) == 0
+    assert_close(runner(images), model(normalize(images), training=False))
+
+
+def test_flip_in_one_pass_equals_two_passes(images):
+    runner = embedding.load_runner(conv_batch_norm_model())
+    two_passes = runner(images) + runner(embedding.flip_left_right(images))
+    assert_close(embedding.embed_images(runner, images, flip=True, batch_size=4), two_passes)
+    assert_close(embedding.embed_images(runner, tf.constant(images), flip=True), two_passes)
+    assert runner.flip_function.experimental_get_tracing_count() == 1
+    batch_sizes = []
+
+    def counted(batch):
+        batch_sizes.append(len(batch))
+        return runner(batch)
+
+    assert_close(embedding.embed_images(counted, images, flip=True, batch_size=4), two_passes)
+    assert batch_sizes == [8, 6]  # one call per batch, on the images and their mirror images together
+
+
 def test_callables_and_runners(images):
     def channel_means(batch):
         return batch.reshape(len(batch), -1, 3).mean(axis=1)
@@ -82,14 +142,15 @@ def test_callables_and_runners(images):
     np.testing.assert_allclose(embeddings, 2 * images.reshape(7, -1, 3).mean(axis=1), rtol=1e-6)
 
 
-def tiny_onnx_model(model, path, channels_first):
-    """The tiny model written by hand as an ONNX graph that normalises nothing (the runner does it)."""
+def tiny_onnx_model(model, path, channels_first, batch="B"):
+    """The tiny model written by hand as an ONNX graph that normalises nothing (the runner does it); `batch`: its
+    batch dimension (a name: dynamic, an int: fixed)."""
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
 
     kernel = np.asarray(model.get_layer("embedding").kernel, np.float32)
-    shape = ["B", 3, 112, 112] if channels_first else ["B", 112, 112, 3]
+    shape = [batch, 3, 112, 112] if channels_first else [batch, 112, 112, 3]
     nodes = [] if channels_first else [helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2])]
     nodes += [helper.make_node("AveragePool", ["x" if channels_first else "nchw"], ["pooled"],
                                kernel_shape=[POOL, POOL], strides=[POOL, POOL]),
@@ -97,17 +158,18 @@ def tiny_onnx_model(model, path, channels_first):
               helper.make_node("Flatten", ["nhwc"], ["flat"], axis=1),
               helper.make_node("MatMul", ["flat", "kernel"], ["y"])]
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", kernel.shape[1]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, kernel.shape[1]])],
                               [numpy_helper.from_array(kernel, "kernel")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     return path
 
 
-@pytest.mark.parametrize("channels_first", [False, True])
-def test_onnx_runner_equals_keras(model, images, tmp_path, channels_first):
-    path = tiny_onnx_model(model, tmp_path / "tiny.onnx", channels_first)
+@pytest.mark.parametrize(("channels_first", "batch"), [(False, "B"), (True, "B"), (False, 3)])
+def test_onnx_runner_equals_keras(model, images, tmp_path, channels_first, batch):
+    path = tiny_onnx_model(model, tmp_path / "tiny.onnx", channels_first, batch)
     runner = embedding.load_runner(path)
     assert runner.kind == "onnx" and runner.channels_first == channels_first and runner.image_size == (112, 112)
+    assert runner.fixed_batch == (None if batch == "B" else batch)  # fixed: the 2N flip pass goes in chunks
     np.testing.assert_allclose(embedding.embed_images(runner, images, batch_size=4),
                                embedding.embed_images(model, images), rtol=1e-4, atol=1e-4)
 

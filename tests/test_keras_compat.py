@@ -142,6 +142,64 @@ def test_symbolic_build_creates_the_optimizer_slots_before_fit():
     )
 
 
+class CountingDense(keras.layers.Dense):
+    """A Dense layer that counts its calls."""
+
+    calls = 0
+
+    def call(self, inputs):
+        CountingDense.calls += 1
+        return super().call(inputs)
+
+
+def two_output_model():
+    """A compiled functional model with two outputs, a loss and a metric on each, SGD with momentum."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    hidden = CountingDense(3, name="hidden")(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(2, name="a")(hidden), keras.layers.Dense(5, name="b")(hidden)])
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), ["mse", "categorical_crossentropy"],
+                  metrics=[["mae"], ["accuracy"]])
+    return model
+
+
+def built_state(model):
+    """(name, shape) of every metric and optimizer variable of `model`."""
+    variables = [v for metric in model.metrics for v in metric.variables] + model.optimizer.variables
+    return sorted((v.name, tuple(v.shape)) for v in variables)
+
+
+def test_symbolic_build_of_a_functional_model_skips_the_forward_pass_and_builds_what_keras_builds():
+    for name in ("_compile_metrics", "_compile_loss"):
+        require_attribute(two_output_model(), name, "symbolic_build")
+    require_attribute(keras.Model, "_compute_loss", "symbolic_build")
+    require_attribute(keras.Model, "_post_build", "symbolic_build")
+    spec = (tf.TensorSpec((8, 4)), (tf.TensorSpec((8, 2)), tf.TensorSpec((8, 5))))
+    shortcut, keras_own = two_output_model(), two_output_model()
+    CountingDense.calls = 0
+    keras_compat.symbolic_build(shortcut, spec)
+    assert CountingDense.calls == 0, "symbolic_build ran the model's layers"
+    keras_own._symbolic_build(data_batch=spec)
+    assert CountingDense.calls == 1, "Keras' own pre-build no longer runs the model: compare keras_compat anew"
+    assert built_state(shortcut) == built_state(keras_own) and len(shortcut.optimizer.variables) > 2
+    data = np.random.default_rng(1).normal(size=(8, 4)).astype("float32")
+    targets = (data[:, :2], np.eye(5, dtype="float32")[np.arange(8) % 5])
+    logs = [model.fit(data, targets, batch_size=8, epochs=2, verbose=0, shuffle=False).history
+            for model in (shortcut, keras_own)]
+    for key in logs[1]:
+        np.testing.assert_allclose(logs[0][key], logs[1][key], rtol=1e-6, err_msg=key)
+
+
+def test_symbolic_build_unwraps_a_one_output_list_as_keras_call_does():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, [keras.layers.Dense(3, name="only")(inputs)])
+    model.compile("sgd", loss=["mse"], metrics=[["mae"]])
+    keras_compat.symbolic_build(model, (tf.TensorSpec((None, 4)), tf.TensorSpec((None, 3))))
+    assert keras_compat.functional_prediction_spec(model, (tf.TensorSpec((5, 4)),)).shape == (5, 3)
+    history = model.fit(np.ones((4, 4), "float32"), np.zeros((4, 3), "float32"), epochs=1, verbose=0)
+    assert np.isfinite(history.history["mae"][0])
+
+
 def test_multi_worker_fit_patches_replace_and_restore_keras_functions():
     try:
         tf_trainer = importlib.import_module("keras.src.backend.tensorflow.trainer")
