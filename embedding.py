@@ -103,11 +103,11 @@ class KerasRunner:
 
     Args:
         model: a Keras model (its embedding part is run).
-        follow_weights: True: the runner embeds with `model`'s weights at the time of each call (a runner kept
-            while `model` trains, as the evaluation callbacks keep one): the folded model shares `model`'s
-            unfolded layers and its folded kernels are recomputed from `model`'s current weights inside every
-            call (about one pass over the weights). False: the weights at construction (a model loaded from a
-            file, which nothing else changes), folded once.
+        follow_weights: True: the folded model shares `model`'s unfolded layers, and `refold` brings its folded
+            kernels up to date with `model`'s current weights (a runner kept while `model` trains: the evaluation
+            callbacks call `refold` before every evaluation). False: a copy of the weights at construction (a
+            model loaded from a file, which nothing else changes). Either way the kernels are folded once at
+            construction.
 
     Attributes:
         model: the embedding model given.
@@ -131,11 +131,17 @@ class KerasRunner:
         self.flip_function = tf.function(self.embed_flip_added, input_signature=[spec])
 
     def embed_normalized(self, images):
-        """Embeddings (N, D) float32 tensor of a 0..255 float32 batch: `inference_model(normalize(images))`,
-        after refolding the batch normalisation from `model`'s current weights when following them."""
-        if self.follow_weights:
-            self.fold.refold()
+        """Embeddings (N, D) float32 tensor of a 0..255 float32 batch: `inference_model(normalize(images))`."""
         return tf.cast(self.inference_model(normalize(images), training=False), tf.float32)
+
+    def refold(self):
+        """Recompute the folded kernels and biases from `model`'s current weights (eagerly, once; about one pass
+        over the weights). Only a runner with ``follow_weights`` then embeds with all of `model`'s current
+        weights; a copy keeps its other layers' weights from construction."""
+        if not self.follow_weights:
+            raise ValueError("this runner holds a copy of the model's weights (follow_weights=False); "
+                             "build a new runner to embed with other weights")
+        self.fold.refold()
 
     def embed_flip_added(self, images):
         """``emb(x) + emb(flip_left_right(x))`` (N, D) float32 tensor of a 0..255 float32 batch (N, H, W, 3),

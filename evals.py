@@ -427,13 +427,21 @@ class eval_callback(keras.callbacks.Callback):  # noqa: N801 (the original's pub
             self._runner, self._runner_model = load_runner(self.basic_model), self.basic_model
         return self._runner
 
+    def current_runner(self):
+        """`runner()` with its folded batch normalisation recomputed from `basic_model`'s current weights."""
+        runner = self.runner()
+        runner.refold()
+        return runner
+
     def embedding_function(self):
-        """The runner's compiled `tf.function` (images → float32 embeddings), traced once for any batch size."""
-        return self.runner().function
+        """The runner's compiled `tf.function` (images → float32 embeddings) with `basic_model`'s current weights,
+        traced once for any batch size."""
+        return self.current_runner().function
 
     def compute_embeddings(self):
         """Raw embeddings (2N, D) float32 of all images, plus those of the flipped images when `flip`."""
-        return embed_dataset(self.runner(), self.dataset(), self.flip, self.steps, desc="Evaluating " + self.test_names)
+        return embed_dataset(self.current_runner(), self.dataset(), self.flip, self.steps,
+                             desc="Evaluating " + self.test_names)
 
     def on_batch_end(self, batch, logs=None):
         if self.eval_freq > 1 and batch != 0 and batch % self.eval_freq == 0:

@@ -16,8 +16,9 @@ embeddings of the unfolded one. Then every configuration is timed in its own pro
 - `keras runner`: `embedding.load_runner` of the saved `.keras` file (what `FaceEmbedder` runs for a model file):
   the model folded once, normalisation inside, one traced function;
 - `keras unfolded`: the unfolded model in one traced function, normalisation inside (the runner before folding);
-- `keras live`: `embedding.KerasRunner` of the in-memory model (what evaluation during training runs): the same,
-  with the folded kernels recomputed from the model's current weights inside every call;
+- `keras live`: `embedding.KerasRunner` of the in-memory model sharing its layers (what evaluation during
+  training runs), with `refold()` (the folded kernels recomputed from the model's current weights) before every
+  call: the worst case, as the evaluation refolds once per evaluation, not per batch;
 - `onnxruntime`, `tflite <quantization>`: the exported files through their runners (`--threads` CPU threads);
 - `baseline`: the original's stack in the tf-keras side environment (bench/README.md): the embedding part of
   `bench/vs_keras2.py`'s `baseline_model` (kecam GhostNet + GDC head, random initialisation: timing only),
@@ -160,6 +161,8 @@ def library_runner(config, workdir, threads, jit_compile):
     if config == "keras unfolded":
         return unfolded_runner(model)
     runner = embedding.KerasRunner(model, follow_weights=config == "keras live")
+    if config == "keras live":
+        return lambda batch: runner.refold() or runner(batch)
     if jit_compile:  # a lever under test: the same function, XLA-compiled
         import tensorflow as tf
 

@@ -100,9 +100,11 @@ def test_keras_runner_runs_the_folded_model_with_current_weights(images):
     assert runner.model is model and count_batch_norms(model) == 1 and count_batch_norms(runner.inference_model) == 0
     assert_close(runner(images), model(normalize(images), training=False))
     norm = model.get_layer("bn")
-    norm.moving_mean.assign(np.asarray(norm.moving_mean) + 0.5)  # as training would: the runner follows
+    norm.moving_mean.assign(np.asarray(norm.moving_mean) + 0.5)  # as training would
     model.get_layer("conv").kernel.assign(np.asarray(model.get_layer("conv").kernel) * 1.5)
     changed = model(normalize(images), training=False)
+    assert np.max(np.abs(runner(images) - np.asarray(changed))) > 1e-3  # folded at construction: stale
+    runner.refold()
     assert_close(runner(images), changed)
     assert runner.function.experimental_get_tracing_count() == 1
 
@@ -113,6 +115,8 @@ def test_runner_of_a_model_file_is_folded_once(images, tmp_path):
     runner = embedding.load_runner(tmp_path / "model.keras")
     assert not runner.follow_weights and count_batch_norms(runner.inference_model) == 0
     assert_close(runner(images), model(normalize(images), training=False))
+    with pytest.raises(ValueError, match="copy of the model's weights"):
+        runner.refold()
 
 
 def test_flip_in_one_pass_equals_two_passes(images):
