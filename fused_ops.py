@@ -136,10 +136,9 @@ def fused_adam_step(optimizer, gradient, variable, learning_rate):
         use_nesterov=False)
 
 
-@keras.saving.register_keras_serializable(package="keras_insightface")
-class Adam(keras.optimizers.Adam):
-    """`keras.optimizers.Adam` whose update is one ``ResourceApplyAdam`` op per variable (`fused_adam_step`);
-    with ``amsgrad`` or a sparse gradient, Keras' own."""
+class FusedAdamUpdate:
+    """Mixin of `Adam` and `AdamW`: the update is one ``ResourceApplyAdam`` op per variable (`fused_adam_step`);
+    with ``amsgrad`` or a sparse gradient, the Keras optimizer's own."""
 
     def update_step(self, gradient, variable, learning_rate):
         """Apply ``gradient`` (the variable's shape) to ``variable`` at ``learning_rate``."""
@@ -149,15 +148,14 @@ class Adam(keras.optimizers.Adam):
 
 
 @keras.saving.register_keras_serializable(package="keras_insightface")
-class AdamW(keras.optimizers.AdamW):
-    """`keras.optimizers.AdamW` with `Adam`'s fused update; the decoupled weight decay is applied by Keras before
-    it, as in the plain class."""
+class Adam(FusedAdamUpdate, keras.optimizers.Adam):
+    """`keras.optimizers.Adam` with the fused update of `FusedAdamUpdate`."""
 
-    def update_step(self, gradient, variable, learning_rate):
-        """Apply ``gradient`` (the variable's shape) to ``variable`` at ``learning_rate``."""
-        if self.amsgrad or not fusable_update(gradient, variable):
-            return super().update_step(gradient, variable, learning_rate)
-        fused_adam_step(self, gradient, variable, learning_rate)
+
+@keras.saving.register_keras_serializable(package="keras_insightface")
+class AdamW(FusedAdamUpdate, keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` with the fused update of `FusedAdamUpdate`; the decoupled weight decay is applied
+    by Keras before it, as in the plain class."""
 
 
 FUSED_OPTIMIZERS = {keras.optimizers.SGD: SGD, keras.optimizers.Adam: Adam, keras.optimizers.AdamW: AdamW}
