@@ -40,7 +40,7 @@ import time
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from vs_keras2 import DEFAULT_BASELINE_PYTHON, parse_model, side_environment  # noqa: E402  (bench/ is on the path)
+from vs_keras2 import add_baseline_arguments, parse_model, side_environment  # noqa: E402  (bench/ is on the path)
 
 CONFIGS = ("predict", "keras unfolded", "keras runner", "keras live", "onnxruntime", "tflite", "baseline")
 IMAGE_SIZE = 112
@@ -291,10 +291,7 @@ def parse_arguments():
     parser.add_argument("--tflite", nargs="*", choices=("float32", "float16", "int8"), default=["float32"],
                         help="TFLite quantisations to export and time")
     parser.add_argument("--jit_compile", action="store_true", help="XLA-compile the keras runner's function")
-    parser.add_argument("--baseline_python", default=DEFAULT_BASELINE_PYTHON,
-                        help="Python of the tf-keras side environment (bench/README.md)")
-    parser.add_argument("--baseline_onednn", default="1", choices=("1", "0", "default"),
-                        help="TF_ENABLE_ONEDNN_OPTS of the baseline process ('default': TensorFlow's choice)")
+    add_baseline_arguments(parser)
     parser.add_argument("--measure", nargs=2, metavar=("CONFIG", "WORKDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.width is not None or args.strides is not None:

@@ -381,6 +381,14 @@ def summary_lines(reports):
     return lines
 
 
+def add_baseline_arguments(parser):
+    """The options of the tf-keras baseline process: `--baseline_python` and `--baseline_onednn`."""
+    parser.add_argument("--baseline_python", default=DEFAULT_BASELINE_PYTHON,
+                        help="Python of the tf-keras side environment (bench/README.md)")
+    parser.add_argument("--baseline_onednn", default="1", choices=("1", "0", "default"),
+                        help="TF_ENABLE_ONEDNN_OPTS of the baseline process ('default': TensorFlow's choice)")
+
+
 def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS), help="VERSION-width-strides")
@@ -388,10 +396,7 @@ def parse_arguments():
     parser.add_argument("--warmup", type=int, default=2, help="untimed first batches per run (>= 1)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--baseline_python", default=DEFAULT_BASELINE_PYTHON,
-                        help="Python of the tf-keras side environment (bench/README.md)")
-    parser.add_argument("--baseline_onednn", default="1", choices=("1", "0", "default"),
-                        help="TF_ENABLE_ONEDNN_OPTS of the baseline process ('default': TensorFlow's choice)")
+    add_baseline_arguments(parser)
     parser.add_argument("--measure", nargs=2, metavar=("SIDE", "WORKDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
