@@ -42,3 +42,39 @@ def build_tiny_embedding_model(size=112, embedding_size=128, pool=8, seed=0, use
 def tiny_embedding_model():
     """Factory fixture returning `build_tiny_embedding_model` (call it with the sizes a test needs)."""
     return build_tiny_embedding_model
+
+
+TWO_LOGICAL_CPUS_PREAMBLE = """
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+sys.path[:0] = [sys.argv[1], os.path.join(sys.argv[1], "tests")]
+import numpy as np
+import tensorflow as tf
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+"""
+
+
+def run_on_two_logical_cpus(body, *args, cwd=None, timeout=600):
+    """Run the script `body` in a new Python process whose TensorFlow sees two logical CPUs (the device split must
+    precede TensorFlow's start, hence a fresh interpreter).
+
+    A preamble puts the repository and tests/ on `sys.path`, imports `json`, `os`, `sys`, `np` and `tf`, and defines
+    `strategy`, a MirroredStrategy over both CPUs; `args` follow the repository root in `sys.argv`. `body` prints its
+    result as one line `RESULT<json>`. Returns `(result, stdout)`; fails the test with the end of stderr when the
+    process printed no result.
+    """
+    import subprocess
+    import textwrap
+
+    script = TWO_LOGICAL_CPUS_PREAMBLE + textwrap.dedent(body)
+    done = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+    results = [line[len("RESULT"):] for line in done.stdout.splitlines() if line.startswith("RESULT")]
+    if not results:
+        pytest.fail(f"the two-CPU script printed no result (exit status {done.returncode}):\n{done.stderr[-3000:]}")
+    import json
+
+    return json.loads(results[-1]), done.stdout

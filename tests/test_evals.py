@@ -7,6 +7,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
+from conftest import run_on_two_logical_cpus
 
 import evals
 from bin_files import make_bin
@@ -252,15 +253,9 @@ def test_cli_prints_a_table_per_bin(tmp_path, capsys):
 
 
 MIRRORED_SCRIPT = r"""
-import logging, os, sys
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import logging
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-import numpy as np
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-sys.path.insert(0, sys.argv[1])
 import evals
 from bin_files import make_bin
 
@@ -269,7 +264,6 @@ issame = np.arange(8) % 2 == 0
 images = rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
 images[1::2][issame] = images[0::2][issame]
 make_bin(list(zip(images[0::2], images[1::2])), issame, "tiny.bin")
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     inputs = keras.Input((32, 32, 3))
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, strides=2)(inputs))
@@ -280,25 +274,18 @@ callback = evals.eval_callback(basic, "tiny.bin", batch_size=4, save_model="mirr
 x = (images.astype("float32") - 127.5) * 0.0078125
 model.fit(x, np.arange(16) % 2, batch_size=4, epochs=1, callbacks=[callback], verbose=0)
 expected = basic.predict(x, verbose=0) + basic.predict(x[:, :, ::-1], verbose=0)
-print("REPLICAS", strategy.num_replicas_in_sync, "MAXDIFF", float(np.abs(callback.embs - expected).max()))
-print("SAVED", sorted(os.listdir("checkpoints")))
+print("RESULT" + json.dumps({
+    "replicas": strategy.num_replicas_in_sync,
+    "max_difference": float(np.abs(callback.embs - expected).max()),
+    "saved": sorted(os.listdir("checkpoints")),
+}))
 """
 
 
 @pytest.mark.slow
 def test_eval_callback_under_mirrored_strategy(tmp_path):
-    # Logical devices must be configured before TensorFlow starts, hence a fresh interpreter.
-    import ast
-    import subprocess
-    import sys
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, repo], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("REPLICAS", "SAVED")))
-    replicas, _, max_diff = lines["REPLICAS"].split()
-    assert replicas == "2" and float(max_diff) < 1e-4
-    assert ">>>> tiny evaluation max accuracy:" in result.stdout
-    saved = ast.literal_eval(lines["SAVED"])
+    result, stdout = run_on_two_logical_cpus(MIRRORED_SCRIPT, cwd=tmp_path, timeout=300)
+    assert result["replicas"] == 2 and result["max_difference"] < 1e-4
+    assert ">>>> tiny evaluation max accuracy:" in stdout
+    saved = result["saved"]
     assert len(saved) == 1 and saved[0].startswith("mirrored_basic_tiny_epoch_1_") and saved[0].endswith(".h5")

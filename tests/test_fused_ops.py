@@ -3,23 +3,18 @@ replace (outputs, moving statistics, gradients, weights after SGD steps), keep t
 traced training step."""
 
 import contextlib
-import json
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_on_two_logical_cpus
 
 import fused_ops
 import GhostFaceNets
 import training_heads
 
 SMALL_INPUT = (32, 32, 3)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_ghostfacenet(weight_decay=5e-4, input_shape=SMALL_INPUT, **kwargs):
@@ -293,19 +288,10 @@ def test_fused_optimizers_give_the_weights_and_slots_of_keras(name):
     assert max(np.abs(a - b).max() for a, b in zip(fused_values, start, strict=False)) > 1e-3
 
 
-MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
-    import tensorflow as tf
-    tf.config.set_logical_device_configuration(
-        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
-    )
+MIRRORED_SCRIPT = """
     import fused_ops
     import test_fused_ops as t
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     result = {}
     for name in ("sgd nesterov", "adamw"):
         optimizer_class, config = t.OPTIMIZER_SETTINGS[name]
@@ -315,16 +301,14 @@ MIRRORED_SCRIPT = textwrap.dedent(
             "mirrored fused": [v.tolist() for v in t.weights_after_steps(fused, strategy=strategy)],
             "single plain": [v.tolist() for v in t.weights_after_steps(optimizer_class(**config))],
         }
-    print(json.dumps(result))
-    """
-)
+    print("RESULT" + json.dumps(result))
+"""
 
 
 def test_fused_update_under_mirrored_strategy_equals_single_device():
-    """Two logical CPUs (a subprocess: the device split must precede TensorFlow's start)."""
-    completed = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(REPO_ROOT)], capture_output=True,
-                               text=True, timeout=600, check=True)
-    for name, runs in json.loads(completed.stdout.strip().splitlines()[-1]).items():
+    """Two logical CPUs, two replicas: the fused update equals single-device training with Keras' own update."""
+    result, _ = run_on_two_logical_cpus(MIRRORED_SCRIPT)
+    for name, runs in result.items():
         for fused_value, single_value in zip(runs["mirrored fused"], runs["single plain"], strict=True):
             np.testing.assert_allclose(fused_value, single_value, rtol=1e-5, atol=1e-6, err_msg=name)
 

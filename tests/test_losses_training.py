@@ -1,13 +1,9 @@
 """A tiny embedding model learns with the main margin losses; tf.distribute does not rescale the loss."""
 
-import json
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
+from conftest import run_on_two_logical_cpus
 
 import heads
 import losses
@@ -49,16 +45,9 @@ def test_tiny_model_loss_falls(loss, head_kwargs):
     assert accuracy > 0.9
 
 
-DISTRIBUTED_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    sys.path.insert(0, sys.argv[1])
-    import numpy as np, tensorflow as tf
-    tf.config.set_logical_device_configuration(
-        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
-    )
-    import keras, losses
+DISTRIBUTED_SCRIPT = """
+    import keras
+    import losses
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 10)).astype("float32")
@@ -74,7 +63,6 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
         return model
 
     single = build()
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         mirrored = build()
     result = {}
@@ -83,19 +71,12 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
         loss = model.fit(x, [y, y], batch_size=16, epochs=1, shuffle=False, verbose=0).history["loss"][0]
         result[name] = {"loss": loss, "centers": model.loss[0].centers.numpy().tolist(), "emb": embedding.tolist()}
     print("RESULT" + json.dumps(result))
-    """
-)
+"""
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_loss_not_rescaled_and_centres_sum_replica_moves(tmp_path):
-    script = tmp_path / "distributed.py"
-    script.write_text(DISTRIBUTED_SCRIPT)
-    repo = str(__import__("pathlib").Path(losses.__file__).parent)
-    done = subprocess.run([sys.executable, str(script), repo], capture_output=True, text=True, timeout=300)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
-    assert lines, done.stderr[-3000:]
-    result = json.loads(lines[0][len("RESULT") :])
+def test_mirrored_strategy_loss_not_rescaled_and_centres_sum_replica_moves():
+    result, _ = run_on_two_logical_cpus(DISTRIBUTED_SCRIPT, timeout=300)
     assert result["mirrored"]["loss"] == pytest.approx(result["single"]["loss"], rel=1e-5)
 
     labels = np.array([0, 1, 1, 2, 0, 0, 3, 1, 2, 2, 0, 1, 3, 3, 0, 2])

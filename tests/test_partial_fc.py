@@ -3,15 +3,13 @@ head and its optimizer state, equality with the full head at `sample_rate=1.0` (
 labels, `train.Train`, MirroredStrategy on two logical CPUs), exact resume, saving."""
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_on_two_logical_cpus
 from test_train import data_dirs, make_train, tiny_basic_model  # noqa: F401  (data_dirs: the fixture)
 
 import keras_compat
@@ -20,7 +18,6 @@ import partial_fc
 import partial_fc_sharded
 from heads import NormDense, NormDenseVPL
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES, EMB, FEATURES, BATCH, STEPS = 40, 6, 8, 8, 3
 
 
@@ -239,19 +236,10 @@ def test_train_resumes_a_sampled_run_exactly(tmp_path, data_dirs):  # noqa: F811
 # ----------------------------------------------------------------------------------------------------------------
 # MirroredStrategy on two logical CPUs
 
-MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
-    import numpy as np, tensorflow as tf
-    tf.config.set_logical_device_configuration(
-        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
-    )
+MIRRORED_SCRIPT = """
     import test_partial_fc as t
 
     x, _, y = t.dataset(count=48)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     result = {}
     for rate in (0.25, 1.0):
         for name in ("SGD momentum", "AdamW"):
@@ -266,18 +254,12 @@ MIRRORED_SCRIPT = textwrap.dedent(
                 "emb": [model.get_layer("emb").get_weights()[0].tolist() for model in (single, mirrored)],
             }
     print("RESULT" + json.dumps(result))
-    """
-)
+"""
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_equals_single_device_training(tmp_path):
-    script = tmp_path / "mirrored.py"
-    script.write_text(MIRRORED_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), str(REPO_ROOT)], capture_output=True, text=True, timeout=600)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
-    assert lines, done.stderr[-3000:]
-    result = json.loads(lines[0][len("RESULT") :])
+def test_mirrored_strategy_equals_single_device_training():
+    result, _ = run_on_two_logical_cpus(MIRRORED_SCRIPT)
     assert len(result) == 4
     for name, run in result.items():
         assert run["loss"][1] == pytest.approx(run["loss"][0], rel=1e-5), name

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_on_two_logical_cpus
 from test_partial_fc import EMB, FEATURES, OPTIMIZERS, build, centres, dataset, fit
 
 import losses
@@ -105,20 +106,10 @@ def test_unsupported_losses_and_slots_are_refused():
         fit(model, x, labels)
 
 
-TWO_REPLICAS_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
-    import numpy as np, tensorflow as tf
-    tf.config.set_logical_device_configuration(
-        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
-    )
-    import keras
+TWO_REPLICAS_SCRIPT = """
     import test_partial_fc as t
     import test_partial_fc_sharded as s
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     result = {}
     for name, classes, k in [("SGD momentum", 40, 1), ("AdamW", 40, 1), ("SGD Nesterov", 41, 3)]:
         x, labels, y = t.dataset(classes=classes, count=48)
@@ -145,19 +136,13 @@ TWO_REPLICAS_SCRIPT = textwrap.dedent(
         "predict": sampled.predict(x[:6], verbose=0).tolist(),
     }
     print("RESULT" + json.dumps(result))
-    """
-)
+"""
 
 
 @pytest.mark.slow
 def test_two_replicas_equal_single_device_training_and_save_every_centre(tmp_path):
-    script, saved = tmp_path / "two_replicas.py", tmp_path / "sharded.keras"
-    script.write_text(TWO_REPLICAS_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), str(REPO_ROOT), str(saved)], capture_output=True, text=True,
-                          timeout=600)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
-    assert lines, done.stderr[-3000:]
-    result = json.loads(lines[0][len("RESULT") :])
+    saved = tmp_path / "sharded.keras"
+    result, _ = run_on_two_logical_cpus(TWO_REPLICAS_SCRIPT, saved)
     for name in ("SGD momentum", "AdamW", "SGD Nesterov"):
         run = result[name]
         assert run["loss"][1] == pytest.approx(run["loss"][0], rel=1e-5), name
