@@ -89,7 +89,8 @@ if RECORD_DIR:
 
 
 def export_revision(revision, folder):
-    """Write the tree of git `revision` into `folder`; the folder."""
+    """Write the tree of git `revision` into the new folder `folder`; the folder."""
+    os.makedirs(folder)
     archive = subprocess.run(["git", "archive", revision], cwd=REPO_ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
     return folder
@@ -161,7 +162,6 @@ def main():
         hook_dir = os.path.join(workdir, "hook")
         os.makedirs(hook_dir)
         write_text_atomic(os.path.join(hook_dir, "sitecustomize.py"), HOOK)
-        os.makedirs(os.path.join(workdir, "before"))
         checkouts = {"before": export_revision(args.before, os.path.join(workdir, "before")),
                      "after": os.path.abspath(args.after)}
         if "train" in args.what:
